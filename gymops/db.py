@@ -1,0 +1,32 @@
+"""This tier's own database (SQLite in the embedded profile, PostgreSQL in services)."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+
+@lru_cache(maxsize=8)
+def _engine(url: str) -> sa.Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _wal(dbapi_conn, _):  # readers do not block the writer
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            dbapi_conn.execute("PRAGMA busy_timeout=60000")
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def engine_for(settings) -> sa.Engine:
+    from gymops.feature_store import ensure_database
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    ensure_database(settings)
+    engine = _engine(settings.database_url)
+    metadata.create_all(engine)
+    return engine

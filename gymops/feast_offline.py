@@ -1,0 +1,70 @@
+"""Feast offline stores whose push (offline_write_batch) is idempotent by event_id.
+
+Named in feature_store.<profile>.yaml by their import path. Reads are Feast's own (file/dask and
+PostgreSQL offline stores); only the write is replaced. Why:
+- Feast 0.67's PostgreSQL offline store has no offline_write_batch at all (push to offline raises
+  NotImplementedError; feast issue #3759), so history could not land in PostgreSQL through Feast.
+- Feast's file offline store rewrites the whole parquet file on every push, without locking, and
+  appends a redelivered batch a second time.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+import pyarrow
+
+from feast import FeatureView, FileSource
+from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import (
+    PostgreSQLOfflineStore,
+    PostgreSQLOfflineStoreConfig,
+)
+from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
+from feast.infra.offline_stores.dask import DaskOfflineStore, DaskOfflineStoreConfig
+from feast.infra.utils.postgres.connection_utils import _get_conn
+from feast.repo_config import RepoConfig
+
+from gymops import history
+
+
+class LedgeredFileOfflineStoreConfig(DaskOfflineStoreConfig):
+    type: Literal["gymops.feast_offline.LedgeredFileOfflineStore"] = "gymops.feast_offline.LedgeredFileOfflineStore"
+
+
+class LedgeredFileOfflineStore(DaskOfflineStore):
+    @staticmethod
+    def offline_write_batch(
+        config: RepoConfig,
+        feature_view: FeatureView,
+        table: pyarrow.Table,
+        progress: Optional[Callable[[int], Any]],
+    ):
+        source = feature_view.batch_source
+        assert isinstance(source, FileSource)
+        folder = FileSource.get_uri_for_file_path(repo_path=config.repo_path, uri=source.file_options.uri)
+        written = history.FileHistory(Path(str(folder))).append(table)
+        if progress:
+            progress(written)
+
+
+class IdempotentPostgreSQLOfflineStoreConfig(PostgreSQLOfflineStoreConfig):
+    type: Literal["gymops.feast_offline.IdempotentPostgreSQLOfflineStore"] = (  # type: ignore[assignment]
+        "gymops.feast_offline.IdempotentPostgreSQLOfflineStore"
+    )
+
+
+class IdempotentPostgreSQLOfflineStore(PostgreSQLOfflineStore):
+    @staticmethod
+    def offline_write_batch(
+        config: RepoConfig,
+        feature_view: FeatureView,
+        table: pyarrow.Table,
+        progress: Optional[Callable[[int], Any]],
+    ):
+        source = feature_view.batch_source
+        assert isinstance(source, PostgreSQLSource)
+        with _get_conn(config.offline_store) as conn:
+            written = history.postgres_insert(conn, table, source.get_table_query_string(), config.offline_store.db_schema)
+            conn.commit()
+        if progress:
+            progress(written)

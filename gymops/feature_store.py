@@ -1,0 +1,77 @@
+"""Opening the profile's Feast store, and setting it up (`feast apply` plus the history tables)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from functools import lru_cache
+
+from gymops import history
+from gymops.config import PROJECT_ROOT, Settings
+
+
+def quiet_env() -> dict[str, str]:
+    """Switches that keep Feast (and friends) from calling out or writing outside the project."""
+    return {
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+        "GX_ANALYTICS_ENABLED": "false",
+        "ORT_DISABLE_TELEMETRY": "1",
+        "FEAST_USAGE": "False",
+        "FEAST_DISABLE_USAGE": "1",
+    }
+
+
+def export_env(settings: Settings) -> None:
+    """Feast expands ${VAR} in feature_store.yaml from os.environ."""
+    os.environ.update(settings.feast_env())
+    os.environ.update(quiet_env())
+    metrics = settings.home / "run" / "prometheus"
+    metrics.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PROMETHEUS_MULTIPROCESS_DIR", str(metrics))
+
+
+def open_store(settings: Settings):
+    export_env(settings)
+    from feast import FeatureStore
+
+    return FeatureStore(repo_path=str(settings.feast_repo), fs_yaml_file=settings.feast_yaml)
+
+
+def ensure_database(settings: Settings) -> None:
+    """Create the services profile's PostgreSQL database if it does not exist yet."""
+    if not settings.services:
+        return
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    admin = make_conninfo(
+        host=settings.pg_host, port=settings.pg_port, user=settings.pg_user,
+        password=settings.pg_password or None, dbname="postgres", sslmode="disable",
+    )
+    with psycopg.connect(admin, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.pg_database,)).fetchone()
+        if not exists:
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.pg_database)))
+            except psycopg.errors.DuplicateDatabase:
+                pass  # created concurrently
+
+
+def apply(settings: Settings, quiet: bool = True) -> None:
+    """Create the history tables and register the feature repo (`feast apply`)."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    (settings.home / "feast").mkdir(exist_ok=True)
+    ensure_database(settings)
+    for table in history.TABLES:
+        history.history_for(settings, table).create()
+    export_env(settings)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    cmd = [os.path.join(os.path.dirname(sys.executable), "feast"), "-c", str(settings.feast_repo),
+           "-f", str(settings.feast_yaml), "apply"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"feast apply failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    if not quiet:
+        print(done.stdout.strip())

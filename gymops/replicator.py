@@ -1,0 +1,237 @@
+"""The replicator: validates events, de-duplicates them by eventId and pushes them into Feast.
+
+Every ingestion path (RabbitMQ consumer, HTTP endpoint, JSONL CLI, dead-letter replay) goes
+through ``Replicator.ingest``. When it returns, each input is either in both Feast stores, known
+as a duplicate of one that is, or committed to the dead-letter store: only then may the caller
+acknowledge. If it raises, nothing may be acknowledged; retrying the same batch is safe.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+
+from gymops import history
+from gymops.events import (
+    Event,
+    EventValidationError,
+    FaceAuthenticatedEvent,
+    TaskConfirmedEvent,
+    UserCreatedEvent,
+    parse_event,
+)
+
+log = logging.getLogger(__name__)
+
+STORED, DUPLICATE, DEAD_LETTER = "stored", "duplicate", "dead_letter"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    event_id: str | None = None
+    field: str | None = None
+    reason: str | None = None
+    dead_letter_id: int | None = None
+
+
+@dataclass
+class IngestReport:
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def _n(self, status: str) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+    @property
+    def stored(self) -> int:
+        return self._n(STORED)
+
+    @property
+    def duplicates(self) -> int:
+        return self._n(DUPLICATE)
+
+    @property
+    def dead_lettered(self) -> int:
+        return self._n(DEAD_LETTER)
+
+    def summary(self) -> dict[str, int]:
+        return {"stored": self.stored, "duplicates": self.duplicates, "deadLettered": self.dead_lettered}
+
+
+def history_row(event: Event, created: datetime) -> tuple[str, dict[str, Any]]:
+    """The history table and row an event becomes. Column names are the event's fields."""
+    if isinstance(event, TaskConfirmedEvent):
+        row = dict(
+            event_id=event.event_id, task_id=event.task_id, helper_id=event.helper_id, branch_id=event.branch_id,
+            photo_url=event.photo_url, ai_result=event.ai_result, ai_model_version=event.ai_model_version,
+            final_result=event.final_result, corrected=event.corrected, correction_reason=event.correction_reason,
+        )
+        table = history.TASK_CONFIRMATIONS
+    elif isinstance(event, UserCreatedEvent):
+        row = dict(
+            event_id=event.event_id, user_id=event.user_id, sample_kind="enrolment", role=event.role,
+            branch_id=event.branch_id, photo_url=event.face_photo_url, similarity=None, model_version=None,
+        )
+        table = history.FACE_SAMPLES
+    elif isinstance(event, FaceAuthenticatedEvent):
+        row = dict(
+            event_id=event.event_id, user_id=event.user_id, sample_kind="entry", role=None, branch_id=None,
+            photo_url=event.photo_url, similarity=event.similarity, model_version=event.model_version,
+        )
+        table = history.FACE_SAMPLES
+    else:  # pragma: no cover - parse_event only returns the types above
+        raise TypeError(type(event))
+    row.update(model_type=event.model_type, event_timestamp=event.timestamp, created=created)
+    return table, row
+
+
+def history_frame(table: str, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=history.column_names(table))
+    for col in ("event_timestamp", "created"):
+        frame[col] = pd.to_datetime(frame[col], utc=True)
+    return frame
+
+
+class Replicator:
+    def __init__(self, settings, store=None, dead_letters=None, check_photo_url: Callable[[str], None] | None = None):
+        from gymops.db import engine_for
+        from gymops.deadletters import DeadLetterStore
+        from gymops.feature_store import open_store
+
+        self.settings = settings
+        self.store = store if store is not None else open_store(settings)
+        self.dead_letters = dead_letters if dead_letters is not None else DeadLetterStore(engine_for(settings))
+        if check_photo_url is None:
+            from gymops.photos import photo_store_for
+
+            check_photo_url = photo_store_for(settings).check_url
+        self.check_photo_url = check_photo_url
+        self.histories = {t: history.history_for(settings, t) for t in history.TABLES}
+        self._lock = threading.Lock()  # one batch at a time per process keeps the file ledger simple
+
+    def recover(self) -> int:
+        return sum(h.recover() for h in self.histories.values())
+
+    def validate(self, raw) -> Event:
+        return parse_event(raw, check_photo_url=self.check_photo_url)
+
+    def ingest(self, raws: Sequence[Any], source: str) -> IngestReport:
+        outcomes: list[Outcome | None] = [None] * len(raws)
+        invalid: list[tuple[int, Any, EventValidationError]] = []
+        by_table: dict[str, list[tuple[int, dict]]] = {}
+        seen_in_batch: set[str] = set()
+        created = datetime.now(timezone.utc)
+        for i, raw in enumerate(raws):
+            try:
+                event = self.validate(raw)
+            except EventValidationError as exc:
+                invalid.append((i, raw, exc))
+                continue
+            if event.event_id in seen_in_batch:
+                outcomes[i] = Outcome(DUPLICATE, event.event_id)
+                continue
+            seen_in_batch.add(event.event_id)
+            table, row = history_row(event, created)
+            by_table.setdefault(table, []).append((i, row))
+
+        with self._lock:
+            # Dead letters first: once committed, the stream may move past them whatever happens next.
+            ids = self.dead_letters.add([(raw, exc.field, exc.reason) for _, raw, exc in invalid], source)
+            for (i, _, exc), letter_id in zip(invalid, ids):
+                outcomes[i] = Outcome(DEAD_LETTER, None, exc.field, exc.reason, letter_id)
+            for table, items in by_table.items():
+                known = self.histories[table].present(row["event_id"] for _, row in items)
+                fresh = []
+                for i, row in items:
+                    if row["event_id"] in known:
+                        outcomes[i] = Outcome(DUPLICATE, row["event_id"])
+                    else:
+                        fresh.append((i, row))
+                if fresh:
+                    self._push(table, [row for _, row in fresh])
+                    for i, row in fresh:
+                        outcomes[i] = Outcome(STORED, row["event_id"])
+        return IngestReport(outcomes)  # type: ignore[arg-type]
+
+    def _push(self, table: str, rows: list[dict]) -> None:
+        from feast.data_source import PushMode
+
+        self.store.push(f"{table}_push", history_frame(table, rows), to=PushMode.ONLINE_AND_OFFLINE)
+
+
+class Batcher:
+    """Gathers events from concurrent callers (HTTP requests) into batched ``ingest`` calls.
+
+    ``submit`` blocks until its events are stored, duplicates or dead-lettered, and returns their
+    outcomes; it raises what the batch raised, in which case nothing of it was acknowledged.
+    """
+
+    def __init__(self, replicator: Replicator, source: str, batch_size: int, wait_ms: int):
+        self.replicator, self.source = replicator, source
+        self.batch_size, self.wait_s = batch_size, wait_ms / 1000
+        self._cond = threading.Condition()
+        self._queue: list[tuple[list, Future]] = []
+        self._queued = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="ingest-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, raws: list, timeout: float | None = None) -> list[Outcome]:
+        future: Future = Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("batcher is closed")
+            self._queue.append((raws, future))
+            self._queued += len(raws)
+            self._cond.notify()
+        return future.result(timeout)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _take(self) -> list[tuple[list, Future]]:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if not self._queue:
+                return []
+            deadline = time.monotonic() + self.wait_s
+            while self._queued < self.batch_size and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            taken, count = [], 0
+            while self._queue and (not taken or count + len(self._queue[0][0]) <= self.batch_size):
+                item = self._queue.pop(0)
+                taken.append(item)
+                count += len(item[0])
+            self._queued -= count
+            return taken
+
+    def _run(self) -> None:
+        while True:
+            taken = self._take()
+            if not taken:
+                return
+            flat = [raw for raws, _ in taken for raw in raws]
+            try:
+                report = self.replicator.ingest(flat, self.source)
+            except BaseException as exc:  # every waiting caller learns its events were not stored
+                log.exception("batch of %d events failed", len(flat))
+                for _, future in taken:
+                    future.set_exception(exc)
+                continue
+            at = 0
+            for raws, future in taken:
+                future.set_result(report.outcomes[at : at + len(raws)])
+                at += len(raws)
