@@ -93,6 +93,7 @@ class Settings:
         host, _, port = self.redis_url.removeprefix("redis://").partition(":")
         port, _, db = port.partition("/")
         return {
+            "GYMOPS_PROFILE": self.profile,
             "GYMOPS_HOME": str(self.home),
             "GYMOPS_FEAST_PROJECT": self.feast_project,
             "GYMOPS_PG_HOST": self.pg_host,

@@ -235,3 +235,28 @@ class Batcher:
             for raws, future in taken:
                 future.set_result(report.outcomes[at : at + len(raws)])
                 at += len(raws)
+
+
+def replay_dead_letters(replicator: Replicator, ids: Sequence[int] | None = None, payload: str | None = None):
+    """Re-validate dead letters (or one, with a corrected ``payload``) and ingest those now valid.
+
+    Returns (letter, outcome) pairs. A letter that still fails stays open with its old reason and
+    the new one reported; it is not copied into a second dead letter.
+    """
+    store = replicator.dead_letters
+    letters = store.get(ids) if ids else store.list(limit=10_000)
+    results = []
+    for letter in letters:
+        if letter.replayed_at is not None:
+            results.append((letter, Outcome(DUPLICATE, letter.event_id, reason="already replayed")))
+            continue
+        raw = payload if payload is not None else letter.payload
+        try:
+            replicator.validate(raw)
+        except EventValidationError as exc:
+            results.append((letter, Outcome(DEAD_LETTER, letter.event_id, exc.field, exc.reason, letter.id)))
+            continue
+        outcome = replicator.ingest([raw], "replay").outcomes[0]
+        store.resolve(letter.id, outcome.status)
+        results.append((letter, outcome))
+    return results

@@ -1,0 +1,5 @@
+import sys
+
+from gymops.cli import main
+
+sys.exit(main())

@@ -1,0 +1,242 @@
+"""Linen photos: real Fashion-MNIST garments rendered as colour photos, some with drawn defects.
+
+No package ships photos of stained or torn textiles, so the garments are real and the defects
+(stain, tear, discolouration) are drawn procedurally on a known subset: the ground truth is exact.
+All randomness comes from the numpy Generator passed in, so a seed reproduces every pixel.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+from functools import lru_cache
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from gymops.events import DEFECTIVE, GOOD
+
+DATASET_DIR = Path("/usr/share/datasets/fashion-mnist")
+DEBIAN_PACKAGE = "dataset-fashion-mnist"
+# Fashion-MNIST classes that are linen a gym washes (no sandals, bags, sneakers, boots).
+GARMENT_CLASSES = {0: "t-shirt", 1: "trouser", 2: "pullover", 3: "dress", 4: "coat", 6: "shirt"}
+DEFECT_KINDS = ("stain", "tear", "discolouration")
+SIZE = 128
+_TEX = 2 * SIZE  # shared textures are this big; each photo takes a random crop
+
+
+class DatasetMissing(FileNotFoundError):
+    pass
+
+
+class LinenPhoto(NamedTuple):
+    image: np.ndarray  # uint8, (SIZE, SIZE, 3) RGB
+    label: str  # "good" | "defective"
+    defect: str | None  # one of DEFECT_KINDS when defective
+
+
+def _read_idx(path: Path, offset: int) -> np.ndarray:
+    try:
+        raw = gzip.decompress(path.read_bytes())
+    except FileNotFoundError:
+        raise DatasetMissing(
+            f"Fashion-MNIST file {path} is missing; install the Debian package {DEBIAN_PACKAGE} "
+            f"(apt-get install -y {DEBIAN_PACKAGE})"
+        ) from None
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset)
+
+
+@lru_cache(maxsize=4)
+def load_garments(split: str = "train", root: Path = DATASET_DIR) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, 28, 28], labels int [N]) of the six garment classes of one split."""
+    if split not in ("train", "t10k"):
+        raise ValueError(f"split must be 'train' or 't10k', got {split!r}")
+    root = Path(root)
+    images = _read_idx(root / f"{split}-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
+    labels = _read_idx(root / f"{split}-labels-idx1-ubyte.gz", 8)
+    keep = np.isin(labels, list(GARMENT_CLASSES))
+    return images[keep], labels[keep].astype(np.int64)
+
+
+def _smooth_noise(rng: np.random.Generator, sigma: float) -> np.ndarray:
+    """Tileable Gaussian-blurred white noise (blurred in the Fourier domain), scaled to unit std."""
+    f = np.fft.rfft2(rng.normal(0, 1, (_TEX, _TEX)))
+    k2 = np.fft.fftfreq(_TEX)[:, None] ** 2 + np.fft.rfftfreq(_TEX)[None, :] ** 2
+    a = np.fft.irfft2(f * np.exp(-2 * np.pi**2 * sigma**2 * k2), s=(_TEX, _TEX))
+    return (a / a.std()).astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _textures() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Woven-fabric luminance, sensor noise and a mottle for stain edges, made once (fixed seed)."""
+    rng = np.random.default_rng(20240601)
+    y, x = np.mgrid[0:_TEX, 0:_TEX].astype(np.float32)
+    warp = _smooth_noise(rng, 6) * 1.5
+    weave = np.sin((x + warp) * 2.1) * np.sin((y - warp) * 2.1)  # over-under threads, ~3 px pitch
+    fibres = _smooth_noise(rng, 0.7)
+    folds = _smooth_noise(rng, 18)
+    fabric = 0.92 + 0.025 * weave + 0.012 * fibres + 0.03 * folds
+    noise = rng.normal(0, 1, (_TEX, _TEX, 3)).astype(np.float32)
+    return np.clip(fabric, 0.75, 1.0).astype(np.float32), noise, _smooth_noise(rng, 1.5)
+
+
+def _crop(tex: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    oy, ox = rng.integers(0, _TEX - SIZE, 2)
+    out = tex[oy:oy + SIZE, ox:ox + SIZE]
+    return out[::-1] if rng.random() < 0.5 else out
+
+
+def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
+    k = (np.array([5.0, 3.0, 1.0]) + h * 6) % 6
+    return (v - v * s * np.clip(np.minimum(k, 4 - k), 0, 1)).astype(np.float32)
+
+
+def _soft_blob(
+    rng: np.random.Generator, cy: float, cx: float, radius: float, parts: int, droplets: int = 0
+) -> tuple[slice, slice, np.ndarray]:
+    """An irregular blob (offset Gaussians, a mottled edge, splashes), evaluated in its window only."""
+    pad = int(radius * 3) + 2
+    y0, y1 = max(0, int(cy) - pad), min(SIZE, int(cy) + pad)
+    x0, x1 = max(0, int(cx) - pad), min(SIZE, int(cx) + pad)
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    field = np.zeros(yy.shape, np.float32)
+    for _ in range(parts):
+        oy, ox = rng.normal(0, radius * 0.55, 2)
+        sy, sx = radius * rng.uniform(0.35, 0.85, 2)
+        field += np.exp(-(((yy - cy - oy) / sy) ** 2 + ((xx - cx - ox) / sx) ** 2) / 2)
+    for _ in range(droplets):
+        oy, ox = rng.normal(0, radius * 1.3, 2)
+        s = radius * rng.uniform(0.12, 0.3)
+        field += np.exp(-(((yy - cy - oy) ** 2 + (xx - cx - ox) ** 2) / s**2) / 2)
+    mottle = _textures()[2]
+    my, mx = rng.integers(0, _TEX - SIZE, 2)
+    field += 0.18 * mottle[my + y0:my + y1, mx + x0:mx + x1]
+    return slice(y0, y1), slice(x0, x1), field
+
+
+def _smoothstep(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    t = np.clip((a - lo) / (hi - lo), 0, 1)
+    return t * t * (3 - 2 * t)
+
+
+def _on_garment(rng: np.random.Generator, alpha: np.ndarray) -> tuple[int, int]:
+    inside = np.flatnonzero(alpha.ravel() > 0.95)
+    if inside.size == 0:
+        inside = np.flatnonzero(alpha.ravel() > 0.3)
+    i = int(inside[rng.integers(inside.size)])
+    return divmod(i, SIZE)
+
+
+def _stain(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator) -> None:
+    cy, cx = _on_garment(rng, alpha)
+    ys, xs, field = _soft_blob(rng, cy, cx, rng.uniform(4, 11), int(rng.integers(3, 7)), int(rng.integers(0, 4)))
+    a = _smoothstep(field, 0.3, 0.8) * alpha[ys, xs]
+    rim = 4 * a * (1 - a)  # dried stains are darker at the edge
+    brown, yellow = np.array([0.42, 0.26, 0.08]), np.array([0.85, 0.68, 0.2])
+    colour = (brown + (yellow - brown) * rng.random()).astype(np.float32)
+    k = rng.uniform(0.55, 0.9)
+    patch = img[ys, xs]
+    patch += (colour * (0.8 + 0.2 * patch) - patch) * (a * k)[..., None]
+    patch *= (1 - 0.25 * k * rim)[..., None]
+
+
+def _tear(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator) -> None:
+    cy, cx = _on_garment(rng, alpha)
+    core = Image.new("L", (SIZE, SIZE))
+    fringe = Image.new("L", (SIZE, SIZE))
+    dc, df = ImageDraw.Draw(core), ImageDraw.Draw(fringe)
+    angle = rng.uniform(0, 2 * np.pi)
+    points = [(float(cx), float(cy))]
+    for _ in range(int(rng.integers(4, 10))):
+        angle += rng.uniform(-0.9, 0.9)
+        step = rng.uniform(2.5, 6.5)
+        points.append((points[-1][0] + step * np.cos(angle), points[-1][1] + step * np.sin(angle)))
+    width = int(rng.integers(1, 4))
+    df.line(points, fill=150, width=width + 3, joint="curve")
+    dc.line(points, fill=255, width=width, joint="curve")
+    if rng.random() < 0.5:  # a hole torn open somewhere along the rip
+        hx, hy = points[int(rng.integers(len(points)))]
+        r = rng.uniform(2.5, 6)
+        t = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+        rr = r * rng.uniform(0.5, 1.2, t.size)
+        poly = list(zip((hx + rr * np.cos(t)).tolist(), (hy + rr * np.sin(t)).tolist()))
+        df.polygon(poly, fill=150)
+        dc.polygon(poly, fill=255)
+    a_core = np.asarray(core, np.float32) / 255 * alpha
+    a_fringe = np.asarray(fringe, np.float32) / 255 * alpha
+    img += (np.float32(0.92) - img) * (0.5 * a_fringe)[..., None]  # frayed, lighter threads
+    img += (np.float32(rng.uniform(0.05, 0.18)) - img) * a_core[..., None]  # the dark gap
+
+
+def _discolouration(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator) -> None:
+    cy, cx = _on_garment(rng, alpha)
+    ys, xs, field = _soft_blob(rng, cy, cx, rng.uniform(12, 24), int(rng.integers(3, 6)))
+    a = _smoothstep(field, 0.2, 0.9) * alpha[ys, xs]
+    patch = img[ys, xs]
+    if float(patch.mean()) < 0.6:  # bleached: a pale, slightly yellow fade
+        target = 1 - (1 - patch) * 0.25
+        target *= np.array([1.0, 0.97, 0.85], np.float32)
+    else:  # a pale garment yellows and greys instead
+        target = patch * np.array([0.82, 0.74, 0.5], np.float32)
+    patch += (target - patch) * (a * rng.uniform(0.55, 0.9))[..., None]
+
+
+_DEFECTS = {"stain": _stain, "tear": _tear, "discolouration": _discolouration}
+
+
+def _print_holes(garment: np.ndarray) -> np.ndarray | None:
+    """Dark print inside the garment's outline (to be drawn as cloth, not as holes), or None."""
+    m = garment > 15
+    rows = np.maximum.accumulate(m, axis=1) & np.maximum.accumulate(m[:, ::-1], axis=1)[:, ::-1]
+    cols = np.maximum.accumulate(m, axis=0) & np.maximum.accumulate(m[::-1], axis=0)[::-1]
+    holes = rows & cols & ~m
+    return (holes * np.uint8(255)).astype(np.uint8) if holes.any() else None
+
+
+def render(garment: np.ndarray, rng: np.random.Generator, defect: str | None = None) -> np.ndarray:
+    """One RGB photo (uint8, SIZE x SIZE) of a 28x28 grey garment on fabric, with ``defect`` drawn."""
+    fabric, noise, _ = _textures()
+    scale = int(rng.integers(int(SIZE * 0.75), int(SIZE * 0.95) + 1))
+    oy, ox = rng.integers(0, SIZE - scale + 1, 2)
+    v = np.zeros((SIZE, SIZE), np.float32)
+    v[oy:oy + scale, ox:ox + scale] = np.asarray(Image.fromarray(garment).resize((scale, scale), Image.BICUBIC), np.float32) / 255
+    alpha = np.clip(v * 8 - 0.15, 0, 1)
+    holes = _print_holes(garment)
+    if holes is not None:
+        alpha[oy:oy + scale, ox:ox + scale] = np.maximum(alpha[oy:oy + scale, ox:ox + scale], np.asarray(
+            Image.fromarray(holes).resize((scale, scale), Image.BILINEAR), np.float32) / 255)
+    bg_tint = _hsv_to_rgb(rng.random(), rng.uniform(0, 0.12), rng.uniform(0.9, 1.0))
+    tint = _hsv_to_rgb(rng.random(), rng.uniform(0.25, 0.9), rng.uniform(0.45, 0.95))
+    cloth = _crop(fabric, rng)
+    shade = (0.35 + 0.75 * v) * (0.6 + 0.4 * _crop(fabric, rng))
+    img = cloth[..., None] * bg_tint * (1 - alpha[..., None]) + (shade[..., None] * tint) * alpha[..., None]
+    if defect is not None:
+        _DEFECTS[defect](img, alpha, rng)
+    gy, gx = rng.uniform(-0.12, 0.12, 2)  # uneven light across the table
+    light = 1 + gy * np.linspace(-1, 1, SIZE, dtype=np.float32)[:, None] + gx * np.linspace(-1, 1, SIZE, dtype=np.float32)
+    img *= (light * rng.uniform(0.9, 1.05))[..., None]
+    img += _crop(noise, rng) * np.float32(rng.uniform(0.006, 0.02))
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def linen_photo(
+    rng: np.random.Generator,
+    defective: bool | None = None,
+    defective_fraction: float = 0.3,
+    split: str = "train",
+) -> LinenPhoto:
+    """A random garment photo; defective with probability ``defective_fraction`` unless forced."""
+    images, _ = load_garments(split)
+    garment = images[rng.integers(len(images))]
+    if defective is None:
+        defective = bool(rng.random() < defective_fraction)
+    defect = DEFECT_KINDS[int(rng.integers(len(DEFECT_KINDS)))] if defective else None
+    image = render(garment, rng, defect)
+    return LinenPhoto(image, DEFECTIVE if defective else GOOD, defect)
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Builds .venv from nothing: Debian packages the project needs, then torch (CPU) first, then the
+# pinned stack. Idempotent: a venv whose stamp matches the requirements is left alone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+STAMP="$VENV/.gymops-stamp"
+want=$(cat requirements.txt requirements-triton.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+
+# Debian packages: the Fashion-MNIST garment photos the simulator draws on.
+if [ ! -d /usr/share/datasets/fashion-mnist ] && [ ! -f "$VENV/.fashion-mnist-ok" ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "bootstrap: installing Debian package dataset-fashion-mnist"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "bootstrap: WARNING: /usr/share/datasets/fashion-mnist is missing; run (as root):" >&2
+    echo "  apt-get update && apt-get install -y dataset-fashion-mnist" >&2
+  fi
+fi
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+  exit 0
+fi
+
+echo "bootstrap: building $VENV with $($PYTHON --version)"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check uv==0.13.8
+UV="$VENV/bin/uv"
+export VIRTUAL_ENV="$PWD/$VENV"
+# The CPU wheel of torch 2.13.0: a local wheel directory if the machine has one (TORCH_FIND_LINKS),
+# otherwise PyTorch's CPU index (TORCH_INDEX_URL). Never plain PyPI: that resolves the CUDA build.
+FIND_LINKS=${TORCH_FIND_LINKS:-/opt/wheels}
+if [ -d "$FIND_LINKS" ] && ls "$FIND_LINKS"/torch-2.13.0* >/dev/null 2>&1; then
+  TORCH_SRC=(--find-links "$FIND_LINKS")
+else
+  TORCH_SRC=(--index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" --extra-index-url https://pypi.org/simple)
+fi
+"$UV" pip install -q --compile-bytecode "${TORCH_SRC[@]}" torch==2.13.0
+"$UV" pip install -q --compile-bytecode "${TORCH_SRC[@]}" -r requirements.txt
+"$UV" pip install -q --compile-bytecode --no-deps -r requirements-triton.txt
+"$UV" pip install -q --no-deps -e .
+"$VENV/bin/python" -c "import torch, feast, dagster, lightning, albumentations, great_expectations, tritonclient.grpc, pika; print('bootstrap: torch', torch.__version__, '| feast', feast.__version__, '| dagster', dagster.__version__)"
+echo "$want" > "$STAMP"
