@@ -73,6 +73,7 @@ def _host_port(endpoint: str) -> tuple[str, int]:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no conflict
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -120,38 +120,59 @@ def _smoothstep(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return t * t * (3 - 2 * t)
 
 
-def _on_garment(rng: np.random.Generator, alpha: np.ndarray) -> tuple[int, int]:
-    inside = np.flatnonzero(alpha.ravel() > 0.95)
-    if inside.size == 0:
-        inside = np.flatnonzero(alpha.ravel() > 0.3)
-    i = int(inside[rng.integers(inside.size)])
-    return divmod(i, SIZE)
+def _on_garment(rng: np.random.Generator, alpha: np.ndarray, margin: int) -> tuple[int, int]:
+    """A random point on the cloth, at least ``margin`` px from its edge where the garment allows."""
+    inside = alpha > 0.95
+    for _ in range(margin):
+        deeper = inside.copy()
+        deeper[1:-1, 1:-1] &= inside[:-2, 1:-1] & inside[2:, 1:-1] & inside[1:-1, :-2] & inside[1:-1, 2:]
+        if not deeper.any():
+            break
+        inside = deeper
+    points = np.flatnonzero(inside.ravel())
+    if points.size == 0:
+        points = np.flatnonzero(alpha.ravel() > 0.3)
+    return divmod(int(points[rng.integers(points.size)]), SIZE)
+
+
+def _under(patch: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The mean colour of the cloth under a defect."""
+    w = weight[..., None]
+    return (patch * w).sum(axis=(0, 1)) / max(float(w.sum()), 1e-6)
 
 
 def _stain(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator) -> None:
-    cy, cx = _on_garment(rng, alpha)
+    cy, cx = _on_garment(rng, alpha, 4)
     ys, xs, field = _soft_blob(rng, cy, cx, rng.uniform(4, 11), int(rng.integers(3, 7)), int(rng.integers(0, 4)))
     a = _smoothstep(field, 0.3, 0.8) * alpha[ys, xs]
     rim = 4 * a * (1 - a)  # dried stains are darker at the edge
-    brown, yellow = np.array([0.42, 0.26, 0.08]), np.array([0.85, 0.68, 0.2])
-    colour = (brown + (yellow - brown) * rng.random()).astype(np.float32)
-    k = rng.uniform(0.55, 0.9)
     patch = img[ys, xs]
+    cloth = _under(patch, a)
+    brown, yellow = np.array([0.42, 0.26, 0.08]), np.array([0.85, 0.68, 0.2])
+    colour = brown + (yellow - brown) * rng.random()
+    if np.abs(colour - cloth).sum() < 0.45:  # brown on maroon would not show: take the far end
+        colour = max((np.array([0.3, 0.18, 0.05]), np.array([0.92, 0.84, 0.5])), key=lambda c: np.abs(c - cloth).sum())
+    colour = colour.astype(np.float32)
+    k = rng.uniform(0.6, 0.9)
     patch += (colour * (0.8 + 0.2 * patch) - patch) * (a * k)[..., None]
     patch *= (1 - 0.25 * k * rim)[..., None]
 
 
 def _tear(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator) -> None:
-    cy, cx = _on_garment(rng, alpha)
+    cy, cx = _on_garment(rng, alpha, 2)
     core = Image.new("L", (SIZE, SIZE))
     fringe = Image.new("L", (SIZE, SIZE))
     dc, df = ImageDraw.Draw(core), ImageDraw.Draw(fringe)
     angle = rng.uniform(0, 2 * np.pi)
     points = [(float(cx), float(cy))]
-    for _ in range(int(rng.integers(4, 10))):
-        angle += rng.uniform(-0.9, 0.9)
+    for _ in range(int(rng.integers(5, 11))):
         step = rng.uniform(2.5, 6.5)
-        points.append((points[-1][0] + step * np.cos(angle), points[-1][1] + step * np.sin(angle)))
+        for turn in rng.uniform(-0.9, 0.9, 4) + np.array([0, 0, np.pi / 2, np.pi]):
+            x, y = points[-1][0] + step * np.cos(angle + turn), points[-1][1] + step * np.sin(angle + turn)
+            if 0 <= x < SIZE and 0 <= y < SIZE and alpha[int(y), int(x)] > 0.8:  # the rip stays on the cloth
+                angle += turn
+                points.append((x, y))
+                break
     width = int(rng.integers(1, 4))
     df.line(points, fill=150, width=width + 3, joint="curve")
     dc.line(points, fill=255, width=width, joint="curve")
@@ -165,21 +186,20 @@ def _tear(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator) -> None:
         dc.polygon(poly, fill=255)
     a_core = np.asarray(core, np.float32) / 255 * alpha
     a_fringe = np.asarray(fringe, np.float32) / 255 * alpha
-    img += (np.float32(0.92) - img) * (0.5 * a_fringe)[..., None]  # frayed, lighter threads
+    img += (np.float32(0.92) - img) * (0.6 * a_fringe)[..., None]  # frayed, lighter threads
     img += (np.float32(rng.uniform(0.05, 0.18)) - img) * a_core[..., None]  # the dark gap
 
 
 def _discolouration(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator) -> None:
-    cy, cx = _on_garment(rng, alpha)
+    cy, cx = _on_garment(rng, alpha, 6)
     ys, xs, field = _soft_blob(rng, cy, cx, rng.uniform(12, 24), int(rng.integers(3, 6)))
     a = _smoothstep(field, 0.2, 0.9) * alpha[ys, xs]
     patch = img[ys, xs]
-    if float(patch.mean()) < 0.6:  # bleached: a pale, slightly yellow fade
-        target = 1 - (1 - patch) * 0.25
-        target *= np.array([1.0, 0.97, 0.85], np.float32)
-    else:  # a pale garment yellows and greys instead
-        target = patch * np.array([0.82, 0.74, 0.5], np.float32)
-    patch += (target - patch) * (a * rng.uniform(0.55, 0.9))[..., None]
+    if _under(patch, a).mean() < 0.55:  # bleached: a pale, slightly yellow fade
+        target = (1 - (1 - patch) * 0.3) * np.array([1.0, 0.96, 0.84], np.float32)
+    else:  # a light garment yellows and greys instead
+        target = patch.mean(axis=2, keepdims=True) * np.array([0.86, 0.72, 0.45], np.float32)
+    patch += (target - patch) * (a * rng.uniform(0.65, 0.9))[..., None]
 
 
 _DEFECTS = {"stain": _stain, "tear": _tear, "discolouration": _discolouration}
@@ -196,6 +216,8 @@ def _print_holes(garment: np.ndarray) -> np.ndarray | None:
 
 def render(garment: np.ndarray, rng: np.random.Generator, defect: str | None = None) -> np.ndarray:
     """One RGB photo (uint8, SIZE x SIZE) of a 28x28 grey garment on fabric, with ``defect`` drawn."""
+    if defect is not None and defect not in _DEFECTS:
+        raise ValueError(f"unknown defect {defect!r} (expected one of {', '.join(DEFECT_KINDS)})")
     fabric, noise, _ = _textures()
     scale = int(rng.integers(int(SIZE * 0.75), int(SIZE * 0.95) + 1))
     oy, ox = rng.integers(0, SIZE - scale + 1, 2)
@@ -211,8 +233,11 @@ def render(garment: np.ndarray, rng: np.random.Generator, defect: str | None = N
     cloth = _crop(fabric, rng)
     shade = (0.35 + 0.75 * v) * (0.6 + 0.4 * _crop(fabric, rng))
     img = cloth[..., None] * bg_tint * (1 - alpha[..., None]) + (shade[..., None] * tint) * alpha[..., None]
+    # The defect draws from a generator of its own, so the same rng state renders the same photo
+    # with and without it (the tests compare such pairs).
+    defect_rng = np.random.default_rng(int(rng.integers(1 << 62)))
     if defect is not None:
-        _DEFECTS[defect](img, alpha, rng)
+        _DEFECTS[defect](img, alpha, defect_rng)
     gy, gx = rng.uniform(-0.12, 0.12, 2)  # uneven light across the table
     light = 1 + gy * np.linspace(-1, 1, SIZE, dtype=np.float32)[:, None] + gx * np.linspace(-1, 1, SIZE, dtype=np.float32)
     img *= (light * rng.uniform(0.9, 1.05))[..., None]
