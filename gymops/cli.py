@@ -65,15 +65,17 @@ def cmd_ingest(settings, args) -> int:
     return 0
 
 
-def cmd_publish(settings, args) -> int:
-    from gymops.broker import Publisher
+def cmd_send(settings, args) -> int:
+    from gymops.simulator.send import HttpSender, send_amqp
 
-    publisher = Publisher(settings)
-    try:
-        n = publisher.publish_many(_jsonl_lines(args.file))
-    finally:
-        publisher.close()
-    print(json.dumps({"published": n, "queue": settings.rabbitmq_queue}))
+    lines = (line.decode("utf-8", errors="backslashreplace") for line in _jsonl_lines(args.file))
+    if args.via == "amqp":
+        n = send_amqp(settings, lines, args.rate)
+        print(json.dumps({"published": n, "queue": settings.rabbitmq_queue}))
+        return 0
+    url = args.url or f"http://{settings.ingest_host}:{settings.ingest_port}"
+    totals = HttpSender(url, settings.ingest_token).send(lines, args.rate)
+    print(json.dumps({**totals, "deadLettered": len(totals["deadLettered"])}))
     return 0
 
 
@@ -151,8 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--batch-size", type=int, default=0, help="events per push (default GYMOPS_BATCH_SIZE)")
 
-    p = sub.add_parser("publish", help="publish a JSONL file of events to the RabbitMQ events queue")
+    p = sub.add_parser("send", help="send a JSONL file of events through an ingestion path (HTTP or RabbitMQ)")
     p.add_argument("file")
+    p.add_argument("--via", choices=("http", "amqp"), default="http")
+    p.add_argument("--rate", type=float, default=0, help="events per second (0: as fast as possible)")
+    p.add_argument("--url", help="ingestion endpoint (default: GYMOPS_INGEST_HOST/PORT)")
 
     sub.add_parser("consume", help="run the RabbitMQ consumer (until SIGTERM/SIGINT)")
     sub.add_parser("serve-ingest", help="run the HTTP ingestion endpoint")
@@ -177,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {
-    "setup": cmd_setup, "ingest": cmd_ingest, "publish": cmd_publish, "consume": cmd_consume,
+    "setup": cmd_setup, "ingest": cmd_ingest, "send": cmd_send, "consume": cmd_consume,
     "serve-ingest": cmd_serve_ingest, "deadletters": cmd_deadletters, "history": cmd_history,
 }
 

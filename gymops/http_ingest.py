@@ -94,7 +94,7 @@ def create_app(settings, batcher: Batcher, dead_letters) -> FastAPI:
 def serve(settings, replicator) -> None:
     import uvicorn
 
-    batcher = Batcher(replicator, "http", settings.batch_size, settings.batch_wait_ms)
+    batcher = Batcher(replicator, "http", settings.batch_size)
     app = create_app(settings, batcher, replicator.dead_letters)
     try:
         uvicorn.run(app, host=settings.ingest_host, port=settings.ingest_port, log_level="warning",

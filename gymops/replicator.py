@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -168,16 +167,17 @@ class Replicator:
 class Batcher:
     """Gathers events from concurrent callers (HTTP requests) into batched ``ingest`` calls.
 
-    ``submit`` blocks until its events are stored, duplicates or dead-lettered, and returns their
-    outcomes; it raises what the batch raised, in which case nothing of it was acknowledged.
+    Natural batching: whatever queued up while the previous batch was being pushed goes out as
+    the next batch (up to ``batch_size`` events), so one caller pays no added latency and many
+    callers share pushes. ``submit`` blocks until its events are stored, duplicates or
+    dead-lettered, and returns their outcomes; it raises what the batch raised, in which case
+    nothing of it was acknowledged.
     """
 
-    def __init__(self, replicator: Replicator, source: str, batch_size: int, wait_ms: int):
-        self.replicator, self.source = replicator, source
-        self.batch_size, self.wait_s = batch_size, wait_ms / 1000
+    def __init__(self, replicator: Replicator, source: str, batch_size: int):
+        self.replicator, self.source, self.batch_size = replicator, source, batch_size
         self._cond = threading.Condition()
         self._queue: list[tuple[list, Future]] = []
-        self._queued = 0
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="ingest-batcher", daemon=True)
         self._thread.start()
@@ -188,7 +188,6 @@ class Batcher:
             if self._closed:
                 raise RuntimeError("batcher is closed")
             self._queue.append((raws, future))
-            self._queued += len(raws)
             self._cond.notify()
         return future.result(timeout)
 
@@ -202,20 +201,11 @@ class Batcher:
         with self._cond:
             while not self._queue and not self._closed:
                 self._cond.wait()
-            if not self._queue:
-                return []
-            deadline = time.monotonic() + self.wait_s
-            while self._queued < self.batch_size and not self._closed:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
             taken, count = [], 0
             while self._queue and (not taken or count + len(self._queue[0][0]) <= self.batch_size):
                 item = self._queue.pop(0)
                 taken.append(item)
                 count += len(item[0])
-            self._queued -= count
             return taken
 
     def _run(self) -> None:

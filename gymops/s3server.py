@@ -241,9 +241,12 @@ def _attached(settings: Settings) -> S3Server | None:
         return None
     if not _alive(pid) or f"-dir={data_dir.resolve()}".encode() not in cmdline:
         return None  # stale: the PID is gone or belongs to something else now
-    ports = json.loads((data_dir / "ports.json").read_text())
+    try:
+        master_port = int(json.loads((data_dir / "ports.json").read_text())["master.port"])
+    except (OSError, ValueError, KeyError):
+        master_port = 0  # status then reports it as not answering
     host, port = _host_port(settings.s3_endpoint)
-    return S3Server(pid, f"http://{host}:{port}", data_dir.resolve(), data_dir / "weed.log", ports["master.port"])
+    return S3Server(pid, f"http://{host}:{port}", data_dir.resolve(), data_dir / "weed.log", master_port)
 
 
 def main(argv: list[str] | None = None) -> int:

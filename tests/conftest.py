@@ -6,7 +6,6 @@ import contextlib
 import os
 import socket
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -29,21 +28,6 @@ def settings_with(**env) -> "Settings":
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def subprocess_env(settings) -> dict[str, str]:
-    """Environment for a child `python -m gymops ...` that loads the same settings."""
-    env = dict(os.environ)
-    env.update(settings.feast_env())
-    env.update({
-        "GYMOPS_PROFILE": settings.profile, "GYMOPS_HOME": str(settings.home),
-        "GYMOPS_PG_DATABASE": settings.pg_database, "GYMOPS_RABBITMQ_QUEUE": settings.rabbitmq_queue,
-        "GYMOPS_FEAST_PROJECT": settings.feast_project, "GYMOPS_INGEST_TOKEN": settings.ingest_token,
-        "GYMOPS_INGEST_PORT": str(settings.ingest_port), "GYMOPS_BATCH_SIZE": str(settings.batch_size),
-        "GYMOPS_BATCH_WAIT_MS": str(settings.batch_wait_ms), "GYMOPS_S3_ENDPOINT": settings.s3_endpoint,
-        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
-    })
-    return env
 
 
 def _down() -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 
 from gymops import history
 from gymops.broker import Publisher
-from procs import start, stop, wait_for
+from gymops.processes import start, stop, wait_for
 from test_replicator import task_event
 
 pytestmark = pytest.mark.services

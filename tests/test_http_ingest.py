@@ -7,7 +7,7 @@ import requests
 
 from conftest import free_port
 from gymops import history
-from procs import start, stop, wait_http
+from gymops.processes import start, stop, wait_http
 from test_replicator import task_event
 
 

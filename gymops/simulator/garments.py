@@ -206,12 +206,16 @@ _DEFECTS = {"stain": _stain, "tear": _tear, "discolouration": _discolouration}
 
 
 def _print_holes(garment: np.ndarray) -> np.ndarray | None:
-    """Dark print inside the garment's outline (to be drawn as cloth, not as holes), or None."""
-    m = garment > 15
+    """The garment's inside, if dark print would otherwise show through as holes, or None."""
+    m = garment > 40  # where alpha (below) is not yet opaque
     rows = np.maximum.accumulate(m, axis=1) & np.maximum.accumulate(m[:, ::-1], axis=1)[:, ::-1]
     cols = np.maximum.accumulate(m, axis=0) & np.maximum.accumulate(m[::-1], axis=0)[::-1]
-    holes = rows & cols & ~m
-    return (holes * np.uint8(255)).astype(np.uint8) if holes.any() else None
+    filled = m | (rows & cols)
+    if np.array_equal(filled, m):
+        return None
+    inner = filled.copy()  # one pixel in from the outline, which stays the photo's own soft edge
+    inner[1:-1, 1:-1] &= filled[:-2, 1:-1] & filled[2:, 1:-1] & filled[1:-1, :-2] & filled[1:-1, 2:]
+    return (inner * np.uint8(255)).astype(np.uint8)
 
 
 def render(garment: np.ndarray, rng: np.random.Generator, defect: str | None = None) -> np.ndarray:

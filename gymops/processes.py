@@ -1,0 +1,71 @@
+"""Starting the project's own long-running processes and stopping them by PID."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from gymops.config import PROJECT_ROOT
+
+
+def child_env(settings) -> dict[str, str]:
+    """Environment for a child `python -m gymops ...` that loads the same settings."""
+    env = dict(os.environ)
+    env.update(settings.feast_env())
+    env.update({
+        "GYMOPS_PROFILE": settings.profile, "GYMOPS_HOME": str(settings.home),
+        "GYMOPS_PG_DATABASE": settings.pg_database, "GYMOPS_RABBITMQ_QUEUE": settings.rabbitmq_queue,
+        "GYMOPS_FEAST_PROJECT": settings.feast_project, "GYMOPS_INGEST_TOKEN": settings.ingest_token,
+        "GYMOPS_INGEST_PORT": str(settings.ingest_port), "GYMOPS_BATCH_SIZE": str(settings.batch_size),
+        "GYMOPS_BATCH_WAIT_MS": str(settings.batch_wait_ms), "GYMOPS_S3_ENDPOINT": settings.s3_endpoint,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
+    })
+    return env
+
+
+def start(settings, *args: str, log: Path) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as handle:
+        return subprocess.Popen([sys.executable, "-m", "gymops", "-v", *args], cwd=PROJECT_ROOT,
+                                env=child_env(settings), stdout=handle, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    return proc.returncode
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(url, timeout=1).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not up after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"{what}: not true after {timeout} s")
