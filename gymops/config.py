@@ -137,7 +137,7 @@ def load_settings() -> Settings:
         redis_url=_env("GYMOPS_REDIS_URL", "redis://127.0.0.1:6379/0"),
         rabbitmq_url=_env("GYMOPS_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"),
         rabbitmq_queue=_env("GYMOPS_RABBITMQ_QUEUE", "gymops.events"),
-        s3_endpoint=_env("GYMOPS_S3_ENDPOINT", "http://127.0.0.1:9333"),
+        s3_endpoint=_env("GYMOPS_S3_ENDPOINT", "http://127.0.0.1:8333"),
         s3_bucket=_env("GYMOPS_S3_BUCKET", "gym-photos"),
         s3_access_key=_env("GYMOPS_S3_ACCESS_KEY", "gymops"),
         s3_secret_key=_env("GYMOPS_S3_SECRET_KEY", "gymops-secret"),
