@@ -85,13 +85,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def task_event(event_id: str, i: int, tag: str, photo_prefix: str, ts: str) -> dict:
-    """A valid TaskConfirmedEvent; one in four is a correction."""
+def task_event(event_id: str, i: int, scope: str, photo_prefix: str, ts: str) -> dict:
+    """A valid TaskConfirmedEvent (its own task: one online-store key per event); one in four is a correction."""
     corrected = i % 4 == 0
     return {
         "eventType": "TaskConfirmedEvent", "schemaVersion": 1, "eventId": event_id,
-        "taskId": f"TASK-{tag}-{i:07d}", "helperId": f"HELPER-{i % 37}", "branchId": f"BR-{i % 5}",
-        "photoUrl": f"{photo_prefix}/tasks/BR-{i % 5}/{tag}-{i:07d}.jpg",
+        "taskId": f"TASK-{scope}-{i:07d}", "helperId": f"HELPER-{i % 37}", "branchId": f"BR-{i % 5}",
+        "photoUrl": f"{photo_prefix}/tasks/BR-{i % 5}/{scope}-{i:07d}.jpg",
         "aiResult": "good", "aiModelVersion": "laundry-v1",
         "finalResult": "defective" if corrected else "good", "corrected": corrected,
         "correctionReason": "stain left on the collar" if corrected else None, "timestamp": ts,
@@ -132,7 +132,7 @@ def _tail(path: Path, n: int = 3000) -> str:
 # RabbitMQ path (services profile)
 # ----------------------------------------------------------------------------------------------
 
-def _publish_worker(env: dict, worker: int, workers: int, total: int, prefix: str, tag: str,
+def _publish_worker(env: dict, worker: int, workers: int, total: int, prefix: str, scope: str,
                     photo_prefix: str, rate: float, start_at: float, progress, result_q) -> None:
     """One publisher process: events worker, worker+workers, ... paced so that all workers
     together publish ``rate`` events/s (0: as fast as possible), each with publisher confirms."""
@@ -155,7 +155,7 @@ def _publish_worker(env: dict, worker: int, workers: int, total: int, prefix: st
                 time.sleep(wait)
         now = time.time()
         event_id = f"{prefix}{i:07d}-{int(now * 1e6)}"
-        body = json.dumps(task_event(event_id, i, tag, photo_prefix, ts), separators=(",", ":"))
+        body = json.dumps(task_event(event_id, i, scope, photo_prefix, ts), separators=(",", ":"))
         publisher.publish(body, message_id=event_id)
         first = first or now
         last = time.time()
@@ -251,7 +251,7 @@ def run_amqp(settings, label: str, events: int, rate: float, publishers: int, po
         photo_prefix = f"s3://{settings.s3_bucket}"
         for w in range(publishers):
             p = ctx.Process(target=_publish_worker, name=f"publisher-{w}",
-                            args=(env, w, publishers, events, prefix, tag, photo_prefix, rate, start_at,
+                            args=(env, w, publishers, events, prefix, f"{tag}-{label}", photo_prefix, rate, start_at,
                                   progress, result_q))
             p.start()
             workers.append(p)
@@ -426,7 +426,7 @@ def run_http(settings, label: str, events: int, threads: int, batch: int, workdi
     prefix = f"bench-{tag}-{label}-"
     photo_prefix = f"file://{settings.photo_root}"
     ts = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-    bodies = [json.dumps(task_event(f"{prefix}{i:07d}", i, tag, photo_prefix, ts), separators=(",", ":"))
+    bodies = [json.dumps(task_event(f"{prefix}{i:07d}", i, f"{tag}-{label}", photo_prefix, ts), separators=(",", ":"))
               for i in range(events)]
     shares = [bodies[w::threads] for w in range(threads)]
     logfile = workdir / f"{label}.serve.log"

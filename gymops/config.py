@@ -88,8 +88,9 @@ class Settings:
     def feast_offline_dir(self) -> Path:
         return self.home / "feast" / "offline"
 
-    def feast_env(self) -> dict[str, str]:
-        """Variables that the profile's feature_store.yaml expands."""
+    def environment(self) -> dict[str, str]:
+        """Variables for child processes and for the config files that expand them
+        (feature_store.<profile>.yaml, dagster.<profile>.yaml)."""
         host, _, port = self.redis_url.removeprefix("redis://").partition(":")
         port, _, db = port.partition("/")
         return {
@@ -102,6 +103,7 @@ class Settings:
             "GYMOPS_PG_PASSWORD": self.pg_password,
             "GYMOPS_PG_DATABASE": self.pg_database,
             "GYMOPS_REDIS_CONNECTION": f"{host or '127.0.0.1'}:{port or 6379},db={db or 0}",
+            "GYMOPS_DAGSTER_PG_URL": self.database_url if self.services else "",
         }
 
 

@@ -23,7 +23,7 @@ def quiet_env() -> dict[str, str]:
 
 def export_env(settings: Settings) -> None:
     """Feast expands ${VAR} in feature_store.yaml from os.environ."""
-    os.environ.update(settings.feast_env())
+    os.environ.update(settings.environment())
     os.environ.update(quiet_env())
     metrics = settings.home / "run" / "prometheus"
     metrics.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from gymops.config import PROJECT_ROOT
 def child_env(settings) -> dict[str, str]:
     """Environment for a child `python -m gymops ...` that loads the same settings."""
     env = dict(os.environ)
-    env.update(settings.feast_env())
+    env.update(settings.environment())
     env.update({
         "GYMOPS_PROFILE": settings.profile, "GYMOPS_HOME": str(settings.home),
         "GYMOPS_PG_DATABASE": settings.pg_database, "GYMOPS_RABBITMQ_QUEUE": settings.rabbitmq_queue,

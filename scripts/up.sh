@@ -36,6 +36,9 @@ halt() {  # name, signal
 
 case "${1:-start}" in
   start)
+    # the variables the profile's config files expand (GYMOPS_PG_*, GYMOPS_DAGSTER_PG_URL, ...)
+    eval "$($PY -c 'import shlex; from gymops.config import load_settings
+for k, v in load_settings().environment().items(): print(f"export {k}={shlex.quote(v)}")')"
     export DAGSTER_HOME; DAGSTER_HOME=$($PY -c 'from gymops.config import load_settings; from gymops.dagster_home import prepare; print(prepare(load_settings()))')
     if [ "$PROFILE" = services ]; then
       $PY -m gymops.s3server start

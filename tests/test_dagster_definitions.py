@@ -15,7 +15,7 @@ def test_code_location_loads():
 
 
 def test_replicated_history_reports_what_feast_holds(embedded, monkeypatch):
-    for key, value in embedded.feast_env().items():
+    for key, value in embedded.environment().items():
         monkeypatch.setenv(key, value)
     photo = f"file://{embedded.photo_root}/tasks/BR-1/p.jpg"
     Replicator(embedded).ingest([json.dumps(task_event(photo, corrected=True)) for _ in range(3)], "test")
