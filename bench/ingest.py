@@ -12,6 +12,9 @@ Paths (each on isolated state that is removed at the end):
    table (``visible``, an upper bound: the poll that first saw it, every ``--poll-ms``). The
    replicator's ``created`` column (set when its batch starts, before the push) gives a second,
    lower figure (``created``).
+   ``amqp_max``: the same path with the publishers unpaced (``--max-publishers`` processes, as fast
+   as possible): the capacity of the whole machine, publishers included; its latency includes
+   whatever backlog the queue builds when the publishers outrun the consumer.
 2. ``amqp_baseline``: the same path with one push per event (GYMOPS_BATCH_SIZE=1): the ratio's
    denominator.
 3. ``http`` / ``http_baseline``: the HTTP endpoint (``python -m gymops serve-ingest``) on the
@@ -388,6 +391,7 @@ def bench_amqp(args, tag: str, workdir: Path) -> dict:
         ingest_token=f"bench-{tag}", s3_endpoint=f"http://127.0.0.1:{free_port()}",
         batch_size=args.batch_size, batch_wait_ms=args.batch_wait_ms)
     baseline = dataclasses.replace(settings, batch_size=1, rabbitmq_queue=f"gymops.bench.{tag}.baseline")
+    flat_out = dataclasses.replace(settings, rabbitmq_queue=f"gymops.bench.{tag}.max")
     out: dict = {}
     keys = None
     try:
@@ -396,6 +400,9 @@ def bench_amqp(args, tag: str, workdir: Path) -> dict:
         log(f"services profile applied (database {settings.pg_database}) in {time.monotonic() - t:.1f} s")
         out["amqp"] = run_amqp(settings, "amqp", args.events, args.rate, args.publishers, args.poll_ms / 1000,
                                args.stall_s, workdir, tag)
+        if args.max_events:
+            out["amqp_max"] = run_amqp(flat_out, "amqp_max", args.max_events, 0, args.max_publishers,
+                                       args.poll_ms / 1000, args.stall_s, workdir, tag)
         if args.baseline_events:
             out["amqp_baseline"] = run_amqp(baseline, "amqp_baseline", args.baseline_events, args.baseline_rate,
                                             1, args.poll_ms / 1000, args.stall_s, workdir, tag)
@@ -409,7 +416,7 @@ def bench_amqp(args, tag: str, workdir: Path) -> dict:
         if args.keep:
             log(f"--keep: leaving database {settings.pg_database}, queues and Redis keys in place")
         else:
-            drop_services(settings, [settings.rabbitmq_queue, baseline.rabbitmq_queue], keys)
+            drop_services(settings, [settings.rabbitmq_queue, flat_out.rabbitmq_queue, baseline.rabbitmq_queue], keys)
             log(f"dropped database {settings.pg_database}, queues and {len(keys or [])} Redis keys")
     return out
 
@@ -490,7 +497,7 @@ def run_http(settings, label: str, events: int, threads: int, batch: int, workdi
         "lost": events - distinct, "duplicated": len(mine) - distinct,
         "seconds": round(span, 3), "events_per_s": round(distinct / span, 1) if span > 0 else None,
         "requests": len(request_s), "request_latency": latency_summary(request_s),
-        "server_exit": code,
+        "server_exit": code,  # uvicorn >= 0.29 re-raises SIGTERM after its graceful shutdown: -15
     }
     log(f"{label}: {out['events_per_s']} ev/s, lost {out['lost']}, duplicated {out['duplicated']}, "
         f"request p99 {out['request_latency'].get('p99_s')} s")
@@ -532,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=100_000, help="events through RabbitMQ (headline)")
     p.add_argument("--rate", type=float, default=1500, help="publish rate, events/s in all (0: as fast as possible)")
     p.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    p.add_argument("--max-events", type=int, default=50_000,
+                   help="capacity run: events published as fast as possible (0: skip it)")
+    p.add_argument("--max-publishers", type=int, default=4, help="publisher processes of the capacity run")
     p.add_argument("--baseline-events", type=int, default=3000, help="RabbitMQ events with one push per event")
     p.add_argument("--baseline-rate", type=float, default=0, help="baseline publish rate (0: as fast as possible)")
     p.add_argument("--http-events", type=int, default=20_000)
@@ -544,12 +554,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stall-s", type=float, default=60, help="give up after this long without a new row")
     p.add_argument("--skip-amqp", action="store_true")
     p.add_argument("--skip-http", action="store_true")
-    p.add_argument("--quick", action="store_true", help="a small smoke run (5,000 / 300 / 2,000 / 200 events)")
+    p.add_argument("--quick", action="store_true",
+                   help="a small smoke run (5,000 / 5,000 / 300 RabbitMQ, 2,000 / 200 HTTP events)")
     p.add_argument("--keep", action="store_true", help="keep the isolated state (database, queues, home)")
     p.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes ('-': nowhere)")
     args = p.parse_args(argv)
     if args.quick:
         args.events, args.baseline_events = min(args.events, 5000), min(args.baseline_events, 300)
+        args.max_events = min(args.max_events, 5000)
         args.http_events, args.http_baseline_events = min(args.http_events, 2000), min(args.http_baseline_events, 200)
 
     from gymops.feature_store import quiet_env
@@ -589,6 +601,10 @@ def main(argv: list[str] | None = None) -> int:
             if base.get("events_per_s") and head["events_per_s"] else None,
             "p99_latency_s": head["latency_visible"].get("p99_s"),
         })
+        top = paths.get("amqp_max", {})
+        if top.get("events_per_s") and base.get("events_per_s"):
+            result["max_events_per_s"] = top["events_per_s"]
+            result["max_ratio"] = round(top["events_per_s"] / base["events_per_s"], 1)
         result["targets"] = {
             "events_per_s>=1000": bool(head["events_per_s"] and head["events_per_s"] >= 1000),
             "lost==0": head["lost"] == 0, "duplicated==0": head["duplicated"] == 0,

@@ -158,3 +158,44 @@ def test_file_history_recovers_a_batch_interrupted_by_a_crash(tmp_path):
     assert h.read().num_rows == 3
     assert h.append(table) == 0  # redelivered: already there
     assert h.read().num_rows == 3
+
+
+def test_query_plan_of_corrections_since_uses_an_index(profile):
+    """The sensors' query must stay an index lookup as the history grows, not a scan."""
+    since = datetime.now(timezone.utc)
+    h = history.history_for(profile, history.TASK_CONFIRMATIONS)
+    if profile.services:
+        with h._connect() as conn:
+            conn.execute("SET enable_seqscan = off")  # tiny test tables would otherwise be scanned
+            plan = " ".join(r[0] for r in conn.execute(
+                "EXPLAIN SELECT count(*) FROM task_confirmations WHERE model_type = %s AND created >= %s AND corrected",
+                ("laundry", since)))
+        assert "task_confirmations_corrected_created" in plan, plan
+    else:
+        from contextlib import closing
+
+        with closing(h._connect()) as conn:
+            plan = " ".join(str(r) for r in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT count(*) FROM task_confirmations WHERE model_type = ? AND created >= ? AND corrected = 1",
+                ("laundry", 0)))
+        assert "USING COVERING INDEX task_confirmations_by_type_created" in plan, plan
+
+
+def test_a_store_outage_acknowledges_nothing_and_a_retry_lands_once(services, tmp_path):
+    """Redis (the online store) unreachable: the push fails, ingest raises, the offline history
+    has none of the batch; once the store is back the same batch lands exactly once."""
+    from conftest import free_port, settings_with
+    from gymops.feature_store import open_store
+
+    broken = settings_with(profile="services", home=tmp_path, pg_database=services.pg_database,
+                           feast_project=services.feast_project, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    photo = f"s3://{services.s3_bucket}/tasks/BR-1/p.jpg"
+    batch = [json.dumps(task_event(photo)) for _ in range(20)]
+    ids = {json.loads(b)["eventId"] for b in batch}
+    with pytest.raises(Exception):
+        Replicator(broken, store=open_store(broken)).ingest(batch, "test")
+    h = history.history_for(services, history.TASK_CONFIRMATIONS)
+    assert h.present(ids) == set()
+
+    report = Replicator(services, store=open_store(services)).ingest(batch, "test")
+    assert report.stored == 20 and h.present(ids) == ids

@@ -241,3 +241,14 @@ def test_faces_keep_identity_and_vary_per_photo():
     a2 = face_photo("m1-00001", np.random.default_rng(2))
     b1 = face_photo("m1-00002", np.random.default_rng(1))
     assert a1.shape == (112, 112, 3) and not np.array_equal(a1, a2) and not np.array_equal(a1, b1)
+
+
+def test_sending_is_paced_at_the_configured_rate():
+    import time
+
+    from gymops.simulator.send import paced
+
+    began = time.monotonic()
+    assert list(paced(range(21), rate=100)) == list(range(21))
+    elapsed = time.monotonic() - began
+    assert 0.19 <= elapsed < 0.5  # 20 intervals of 10 ms
