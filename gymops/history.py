@@ -201,9 +201,28 @@ class FileHistory:
         with closing(self._connect()) as conn:
             return conn.execute(sql, (model_type, _micros(since))).fetchone()[0]
 
+    def entity_rows(self, start: datetime | None = None, end: datetime | None = None,
+                    corrected_only: bool = False, newest: int | None = None):
+        """(entity key, event_timestamp) of the rows confirmed in [start, end), newest first."""
+        key = ENTITY_KEYS[self.table]
+        cols = [key, "event_timestamp"] + (["corrected"] if corrected_only else [])
+        frame = self.read().select(cols).to_pandas()
+        return _filter_rows(frame, key, start, end, corrected_only, newest)
+
     def read(self) -> pa.Table:
         files = sorted(self.folder.glob("*.parquet"))
         return pa.concat_tables([pq.read_table(f) for f in files]) if files else arrow_schema(self.table).empty_table()
+
+
+def _filter_rows(frame, key, start, end, corrected_only, newest):
+    if start is not None:
+        frame = frame[frame.event_timestamp >= start]
+    if end is not None:
+        frame = frame[frame.event_timestamp < end]
+    if corrected_only:
+        frame = frame[frame.corrected.astype(bool)]
+    frame = frame.sort_values("event_timestamp", ascending=False)[[key, "event_timestamp"]]
+    return (frame.head(newest) if newest else frame).reset_index(drop=True)
 
 
 def _present(conn: sqlite3.Connection, table: str, ids: list[str]) -> set[str]:
@@ -227,6 +246,7 @@ def postgres_ddl(table: str, schema: str = "public") -> list[str]:
         f"CREATE UNIQUE INDEX IF NOT EXISTS {table}_event_id ON {q} (event_id)",
         f"CREATE INDEX IF NOT EXISTS {table}_by_type_created ON {q} (model_type, created)",
         f"CREATE INDEX IF NOT EXISTS {table}_entity_ts ON {q} ({ENTITY_KEYS[table]}, event_timestamp)",
+        f"CREATE INDEX IF NOT EXISTS {table}_event_ts ON {q} (event_timestamp)",
     ]
     if any(c.name == "corrected" for c in TABLES[table]):
         stmts.append(
@@ -285,6 +305,27 @@ class PostgresHistory:
             sql += " AND corrected"
         with self._connect() as conn:
             return conn.execute(sql, (model_type, since)).fetchone()[0]
+
+    def entity_rows(self, start: datetime | None = None, end: datetime | None = None,
+                    corrected_only: bool = False, newest: int | None = None):
+        """(entity key, event_timestamp) of the rows confirmed in [start, end), newest first."""
+        import pandas as pd
+
+        key = ENTITY_KEYS[self.table]
+        where, params = ["true"], []
+        if start is not None:
+            where.append("event_timestamp >= %s"); params.append(start)
+        if end is not None:
+            where.append("event_timestamp < %s"); params.append(end)
+        if corrected_only:
+            where.append("corrected")
+        sql = (f"SELECT {key}, event_timestamp FROM {self.schema}.{self.table} WHERE {' AND '.join(where)} "
+               "ORDER BY event_timestamp DESC" + (f" LIMIT {int(newest)}" if newest else ""))
+        with self._connect() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        frame = pd.DataFrame(rows, columns=[key, "event_timestamp"])
+        frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+        return frame
 
     def read(self) -> pa.Table:
         with self._connect() as conn:

@@ -1,1 +1,1 @@
-"""Dagster sensors and schedules (correction counts, nightly face batch): see the training issue."""
+"""Dagster sensors and schedules: correction counts (laundry retraining) and the nightly face batch."""

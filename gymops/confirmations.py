@@ -1,0 +1,46 @@
+"""Reading laundry confirmations back out of Feast, point-in-time correct, for training.
+
+The history tables say which tasks were confirmed when; Feast's offline store answers what each
+task's features were as of that moment (a later re-confirmation never leaks into an earlier row).
+"""
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta, timezone
+
+import pandas as pd
+
+from gymops import history
+
+FEATURES = [f"{history.TASK_CONFIRMATIONS}:{c}" for c in (
+    "event_id", "photo_url", "ai_result", "ai_model_version", "final_result", "corrected",
+    "correction_reason", "branch_id", "helper_id",
+)]
+COLUMNS = ["task_id", "event_timestamp"] + [f.split(":")[1] for f in FEATURES]
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    start = datetime.combine(day, time.min, tzinfo=timezone.utc)
+    return start, start + timedelta(days=1)
+
+
+def _point_in_time(store, entities: pd.DataFrame) -> pd.DataFrame:
+    if entities.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    frame = store.get_historical_features(entity_df=entities, features=FEATURES).to_df()
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    frame = frame[COLUMNS].sort_values(["event_timestamp", "task_id"]).reset_index(drop=True)
+    frame["corrected"] = frame["corrected"].astype(bool)
+    return frame
+
+
+def confirmations_on(settings, store, day: date) -> pd.DataFrame:
+    """Every confirmation (corrected or confirmed as-is) whose timestamp falls on ``day`` (UTC)."""
+    start, end = day_bounds(day)
+    rows = history.history_for(settings, history.TASK_CONFIRMATIONS).entity_rows(start, end)
+    return _point_in_time(store, rows)
+
+
+def newest_corrections(settings, store, limit: int) -> pd.DataFrame:
+    """The ``limit`` most recent corrections, whatever their day: these always go into training."""
+    rows = history.history_for(settings, history.TASK_CONFIRMATIONS).entity_rows(corrected_only=True, newest=limit)
+    return _point_in_time(store, rows)

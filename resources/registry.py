@@ -1,0 +1,28 @@
+from datetime import datetime
+
+import dagster as dg
+
+from gymops.config import load_settings
+
+
+class RegistryResource(dg.ConfigurableResource):
+    """The model registry (model_versions) and the outbox of model events, in this tier's database."""
+
+    def _engine(self):
+        from gymops.db import engine_for
+
+        return engine_for(load_settings())
+
+    def registry(self):
+        from gymops.registry import ModelRegistry
+
+        return ModelRegistry(self._engine())
+
+    def outbox(self):
+        from gymops.outbox import Outbox
+
+        return Outbox(self._engine())
+
+    def last_trained_at(self, model_type: str) -> datetime | None:
+        newest = self.registry().history(model_type, limit=1)
+        return newest[0].trained_at if newest else None

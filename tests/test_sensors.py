@@ -1,0 +1,131 @@
+"""The retraining rule (UC-24) through the real sensor, with build_sensor_context, against a real
+embedded Feast history and model registry."""
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import pytest
+
+from gymops.retraining import Decision, RetrainPolicy, decide
+from gymops.replicator import Replicator
+from test_replicator import task_event
+
+NOW = datetime(2026, 11, 22, 12, tzinfo=timezone.utc)
+POLICY = RetrainPolicy(min_corrections=100, min_interval=timedelta(days=7), urgent_corrections=300)
+
+
+@pytest.mark.parametrize("corrections,days_ago,retrain,why", [
+    (99, 30, False, "fewer than 100"),
+    (100, 3, False, "only 3 of 7 days"),
+    (150, 7, True, "7 days since"),
+    (299, 6, False, "urgent at 300"),
+    (300, 1, True, "urgent threshold"),
+    (100, None, True, "no model trained yet"),
+])
+def test_the_rule(corrections, days_ago, retrain, why):
+    since = None if days_ago is None else NOW - timedelta(days=days_ago)
+    decision = decide(corrections, since, NOW, POLICY)
+    assert decision.retrain is retrain and why in decision.reason
+
+
+@pytest.fixture
+def sensor_env(tmp_path, monkeypatch):
+    """An embedded profile of its own (empty history and registry) seen by the Dagster resources."""
+    from conftest import settings_with
+    from gymops import feature_store
+
+    settings = settings_with(profile="embedded", home=tmp_path / "home", ingest_token="t")
+    feature_store.apply(settings)
+    for key, value in settings.environment().items():
+        monkeypatch.setenv(key, value)
+    return settings
+
+
+def ingest_corrections(settings, n, corrected=True):
+    photo = f"file://{settings.photo_root}/tasks/BR-1/p.jpg"
+    Replicator(settings).ingest([json.dumps(task_event(photo, corrected=corrected)) for _ in range(n)], "test")
+
+
+def register_training(settings, days_ago):
+    from gymops.db import engine_for
+    from gymops.registry import ModelRegistry
+
+    registry = ModelRegistry(engine_for(settings))
+    version = registry.register_candidate("laundry", "efficientnet_lite0", {"accuracy": 0.9}, "ds-1", "run-1",
+                                          "/nonexistent.onnx")
+    with engine_for(settings).begin() as conn:  # back-date the training, as if it ran days ago
+        from gymops.registry import model_versions
+
+        conn.execute(model_versions.update().where(model_versions.c.version == version.version)
+                     .values(trained_at=datetime.now(timezone.utc) - timedelta(days=days_ago)))
+    return version
+
+
+def evaluate(cursor=None):
+    from definitions import defs
+    from resources.feast import FeastResource
+    from resources.registry import RegistryResource
+
+    sensor = defs.get_sensor_def("laundry_corrections_sensor")
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, cursor=cursor,
+                                          resources={"feast": FeastResource(), "registry": RegistryResource()})
+        result = sensor.evaluate_tick(context)
+        return result, context.cursor
+
+
+def test_below_threshold_skips(sensor_env):
+    ingest_corrections(sensor_env, 40)
+    ingest_corrections(sensor_env, 60, corrected=False)  # confirmations as-is do not count
+    result, _ = evaluate()
+    assert not result.run_requests
+    assert "40 corrections" in result.skip_message
+
+
+def test_threshold_reached_before_seven_days_waits(sensor_env):
+    register_training(sensor_env, days_ago=3)
+    ingest_corrections(sensor_env, 120)
+    result, _ = evaluate()
+    assert not result.run_requests and "only 3 of 7 days" in result.skip_message
+
+
+def test_threshold_and_seven_days_launch_once(sensor_env):
+    register_training(sensor_env, days_ago=8)
+    ingest_corrections(sensor_env, 120)
+    result, cursor = evaluate()
+    [request] = result.run_requests
+    assert request.run_key.startswith("laundry-since-")
+    start, end = request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]
+    assert start <= end
+    # a second tick with no new data launches nothing
+    again, _ = evaluate(cursor)
+    assert not again.run_requests and "corrections since the last training" in again.skip_message
+
+
+def test_urgent_threshold_launches_early(sensor_env, monkeypatch):
+    monkeypatch.setenv("GYMOPS_RETRAIN_URGENT_CORRECTIONS", "150")
+    register_training(sensor_env, days_ago=1)
+    ingest_corrections(sensor_env, 160)
+    result, _ = evaluate()
+    [request] = result.run_requests
+    assert "urgent" in request.tags["gymops/trigger"]
+
+
+def test_first_training_launches_when_enough_corrections(sensor_env):
+    ingest_corrections(sensor_env, 100)
+    result, _ = evaluate()
+    [request] = result.run_requests
+    assert request.run_key == "laundry-since-never"
+
+
+def test_face_schedule_is_nightly_on_gym_days():
+    from definitions import defs
+
+    schedule = defs.get_schedule_def("face_nightly_schedule")
+    assert schedule.cron_schedule == "0 3 * * *" and schedule.execution_timezone == "Asia/Seoul"
+    with dg.instance_for_test() as instance:
+        context = dg.build_schedule_context(instance=instance,
+                                            scheduled_execution_time=datetime(2026, 11, 22, 3, tzinfo=timezone(timedelta(hours=9))))
+        [request] = schedule.evaluate_tick(context).run_requests
+    assert request.partition_key == "2026-11-21"  # the gym day that just ended
