@@ -15,7 +15,7 @@ RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_p
 def training_window(since: datetime | None, now: datetime) -> tuple[str, str]:
     """The confirmation days a retraining reads: from the last training's day through today."""
     first = CONFIRMATION_DAYS.get_first_partition_key()
-    last = CONFIRMATION_DAYS.get_last_partition_key(current_time=now)
+    last = now.astimezone(timezone.utc).date().isoformat()  # today is a partition (end_offset=1)
     start = max(first, since.date().isoformat()) if since else first
     return min(start, last), last
 

@@ -1,7 +1,6 @@
 """The retraining rule (UC-24) through the real sensor, with build_sensor_context, against a real
 embedded Feast history and model registry."""
 import json
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
@@ -51,15 +50,9 @@ def register_training(settings, days_ago):
     from gymops.db import engine_for
     from gymops.registry import ModelRegistry
 
-    registry = ModelRegistry(engine_for(settings))
-    version = registry.register_candidate("laundry", "efficientnet_lite0", {"accuracy": 0.9}, "ds-1", "run-1",
-                                          "/nonexistent.onnx")
-    with engine_for(settings).begin() as conn:  # back-date the training, as if it ran days ago
-        from gymops.registry import model_versions
-
-        conn.execute(model_versions.update().where(model_versions.c.version == version.version)
-                     .values(trained_at=datetime.now(timezone.utc) - timedelta(days=days_ago)))
-    return version
+    return ModelRegistry(engine_for(settings)).register_candidate(
+        "laundry", "efficientnet_lite0", {"accuracy": 0.9}, "ds-1", "run-1", "/nonexistent.onnx",
+        trained_at=datetime.now(timezone.utc) - timedelta(days=days_ago))
 
 
 def evaluate(cursor=None):

@@ -1,0 +1,448 @@
+"""The model registry: every trained model version, its lineage, metrics and lifecycle status.
+
+One row per (model type, semver version). ``version`` is semver: major = architecture, minor =
+retrain, patch = tuning. ``triton_version`` is the numbered folder the version occupies in the
+Triton model repository: it only ever grows per model type and is never reused, so a folder
+number always means the same weights.
+
+Statuses and the moves between them::
+
+    candidate -> rejected | canary | active
+    canary    -> active | rejected | rolled_back
+    active    -> retired | rolled_back
+    retired   -> active (a rollback target) | archived
+    rejected  -> archived
+    rolled_back -> archived
+
+Every write runs in a transaction that first takes a per-model-type lock (an advisory
+transaction lock on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so concurrent registrations get
+distinct versions and concurrent status changes cannot both act on a stale read. A unique
+(model_type, version) / (model_type, triton_version) violation that still slips through is
+retried. A partial unique index allows at most one active version per model type.
+
+Events go out through the transactional outbox: give the registry an ``Outbox`` and
+``activate``, ``rollback`` and ``reject`` record their event in the same transaction as the
+status change, or compose your own with ``transaction()`` and the ``conn=`` parameters.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Iterator
+
+import sqlalchemy as sa
+
+from gymops.db import metadata
+
+MODEL_TYPES = ("laundry", "face")
+
+CANDIDATE = "candidate"
+REJECTED = "rejected"
+CANARY = "canary"
+ACTIVE = "active"
+RETIRED = "retired"
+ROLLED_BACK = "rolled_back"
+ARCHIVED = "archived"
+STATUSES = (CANDIDATE, REJECTED, CANARY, ACTIVE, RETIRED, ROLLED_BACK, ARCHIVED)
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    CANDIDATE: frozenset({REJECTED, CANARY, ACTIVE}),
+    CANARY: frozenset({ACTIVE, REJECTED, ROLLED_BACK}),
+    ACTIVE: frozenset({RETIRED, ROLLED_BACK}),
+    RETIRED: frozenset({ACTIVE, ARCHIVED}),
+    REJECTED: frozenset({ARCHIVED}),
+    ROLLED_BACK: frozenset({ARCHIVED}),
+    ARCHIVED: frozenset(),
+}
+ARCHIVABLE = frozenset({RETIRED, REJECTED, ROLLED_BACK})
+BUMPS = ("major", "minor", "patch")
+KEEP_LOADABLE = 10
+
+_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
+
+model_versions = sa.Table(
+    "model_versions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model_type", sa.String(32), nullable=False),
+    sa.Column("version", sa.String(32), nullable=False),
+    # The semver parts, so that ordering is numeric (1.10.0 after 1.9.0).
+    sa.Column("major", sa.Integer, nullable=False),
+    sa.Column("minor", sa.Integer, nullable=False),
+    sa.Column("patch", sa.Integer, nullable=False),
+    sa.Column("triton_version", sa.Integer, nullable=False),
+    sa.Column("architecture", sa.String(128), nullable=False),
+    sa.Column("metrics", sa.JSON, nullable=False),
+    sa.Column("dataset_id", sa.String(256)),
+    sa.Column("run_id", sa.String(128)),
+    sa.Column("parent_version", sa.String(32)),
+    sa.Column("artifact_uri", sa.Text, nullable=False),
+    sa.Column("trained_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("deployed_at", sa.DateTime(timezone=True)),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("previous_version", sa.String(32)),
+    sa.Column("status_reason", sa.Text),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("model_type", "version", name="model_versions_type_version"),
+    sa.UniqueConstraint("model_type", "triton_version", name="model_versions_type_triton"),
+    sa.CheckConstraint(f"status IN ({', '.join(repr(s) for s in STATUSES)})", name="model_versions_status"),
+    sa.Index("model_versions_type_status", "model_type", "status"),
+    sa.Index("model_versions_one_active", "model_type", unique=True,
+             sqlite_where=sa.text("status = 'active'"), postgresql_where=sa.text("status = 'active'")),
+)
+
+
+class RegistryError(RuntimeError):
+    pass
+
+
+class VersionNotFound(RegistryError, LookupError):
+    def __init__(self, model_type: str, version: str):
+        super().__init__(f"{model_type} model version {version} is not in the registry")
+        self.model_type = model_type
+        self.version = version
+
+
+class IllegalTransition(RegistryError):
+    def __init__(self, model_type: str, version: str, from_status: str, to_status: str):
+        allowed = ", ".join(sorted(TRANSITIONS.get(from_status, ()))) or "nothing"
+        super().__init__(f"{model_type} {version}: cannot go from {from_status} to {to_status} "
+                         f"(from {from_status} it may go to: {allowed})")
+        self.model_type = model_type
+        self.version = version
+        self.from_status = from_status
+        self.to_status = to_status
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    model_type: str
+    version: str
+    triton_version: int
+    architecture: str
+    metrics: dict
+    dataset_id: str | None
+    run_id: str | None
+    parent_version: str | None
+    artifact_uri: str
+    trained_at: datetime
+    deployed_at: datetime | None
+    status: str
+    previous_version: str | None
+    status_reason: str | None
+    updated_at: datetime
+
+    @property
+    def semver(self) -> tuple[int, int, int]:
+        return parse_version(self.version)
+
+
+def parse_version(version: str) -> tuple[int, int, int]:
+    match = _SEMVER.match(version or "")
+    if not match:
+        raise ValueError(f"not a semver version (MAJOR.MINOR.PATCH): {version!r}")
+    return int(match[1]), int(match[2]), int(match[3])
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)  # SQLite hands back naive UTC
+
+
+def _row(row) -> ModelVersion:
+    m = row._mapping
+    return ModelVersion(
+        model_type=m["model_type"], version=m["version"], triton_version=m["triton_version"],
+        architecture=m["architecture"], metrics=m["metrics"] or {}, dataset_id=m["dataset_id"],
+        run_id=m["run_id"], parent_version=m["parent_version"], artifact_uri=m["artifact_uri"],
+        trained_at=_utc(m["trained_at"]), deployed_at=_utc(m["deployed_at"]), status=m["status"],
+        previous_version=m["previous_version"], status_reason=m["status_reason"], updated_at=_utc(m["updated_at"]),
+    )
+
+
+def _check_type(model_type: str) -> None:
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
+
+
+_NEWEST = (model_versions.c.major.desc(), model_versions.c.minor.desc(), model_versions.c.patch.desc())
+
+
+def next_version(existing: list[tuple[str, int, int, int]], architecture: str, bump: str = "minor",
+                 parent_version: str | None = None) -> tuple[int, int, int]:
+    """The version a new model gets, from (architecture, major, minor, patch) of the versions
+    already registered for its model type (archived ones included: numbers are never reused).
+
+    First ever: 1.0.0. A new architecture, or bump="major": next major. bump="minor" (retrain):
+    the major of the parent (or of the newest version of this architecture), next minor in that
+    major. bump="patch" (tuning): the parent's (or newest's) major.minor, next patch in it."""
+    if bump not in BUMPS:
+        raise ValueError(f"bump must be one of {', '.join(BUMPS)}, got {bump!r}")
+    if not existing:
+        return 1, 0, 0
+    same_arch = sorted((v[1:] for v in existing if v[0] == architecture), reverse=True)
+    if bump == "major" or not same_arch:
+        return max(v[1] for v in existing) + 1, 0, 0
+    base = parse_version(parent_version) if parent_version else same_arch[0]
+    if bump == "minor":
+        return base[0], max(v[2] for v in existing if v[1] == base[0]) + 1, 0
+    return base[0], base[1], max(v[3] for v in existing if v[1:3] == base[:2]) + 1
+
+
+class ModelRegistry:
+    def __init__(self, engine: sa.Engine, outbox=None, retries: int = 5):
+        """outbox: a gymops.outbox.Outbox; when given, activate/rollback/reject record their event
+        in the same transaction as the status change."""
+        self.engine = engine
+        self.outbox = outbox
+        self.retries = retries
+        metadata.create_all(engine, tables=[model_versions])
+
+    # -- transactions -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self, model_type: str) -> Iterator[sa.Connection]:
+        """A write transaction holding this model type's registry lock; commits on success.
+
+        Pass the connection as ``conn=`` to the registry's methods and to ``Outbox.record`` to
+        commit several changes (and their events) together."""
+        _check_type(model_type)
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock now, not at the first write
+            elif conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"),
+                             {"k": zlib.crc32(f"gymops.model_versions:{model_type}".encode())})
+            else:
+                conn.execute(sa.select(model_versions.c.id).where(model_versions.c.model_type == model_type)
+                             .with_for_update())
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
+    @contextlib.contextmanager
+    def _tx(self, model_type: str, conn: sa.Connection | None) -> Iterator[sa.Connection]:
+        if conn is not None:
+            yield conn
+        else:
+            with self.transaction(model_type) as own:
+                yield own
+
+    def _load(self, conn, model_type: str, version: str) -> ModelVersion:
+        row = conn.execute(sa.select(model_versions).where(
+            model_versions.c.model_type == model_type, model_versions.c.version == version)).first()
+        if row is None:
+            raise VersionNotFound(model_type, version)
+        return _row(row)
+
+    def _active(self, conn, model_type: str) -> ModelVersion | None:
+        row = conn.execute(sa.select(model_versions).where(
+            model_versions.c.model_type == model_type, model_versions.c.status == ACTIVE)).first()
+        return _row(row) if row is not None else None
+
+    def _update(self, conn, mv: ModelVersion, to_status: str, reason: str | None, **values) -> ModelVersion:
+        if to_status not in STATUSES:
+            raise ValueError(f"unknown status {to_status!r} (expected one of {', '.join(STATUSES)})")
+        if to_status not in TRANSITIONS[mv.status]:
+            raise IllegalTransition(mv.model_type, mv.version, mv.status, to_status)
+        result = conn.execute(
+            model_versions.update()
+            .where(model_versions.c.model_type == mv.model_type, model_versions.c.version == mv.version,
+                   model_versions.c.status == mv.status)
+            .values(status=to_status, status_reason=reason, updated_at=datetime.now(timezone.utc), **values))
+        if result.rowcount != 1:
+            raise RegistryError(f"{mv.model_type} {mv.version} changed status concurrently (was {mv.status})")
+        return self._load(conn, mv.model_type, mv.version)
+
+    # -- writes ---------------------------------------------------------------------------------
+    def register_candidate(self, model_type: str, architecture: str, metrics: dict, dataset_id: str | None,
+                           run_id: str | None, artifact_uri: str, parent_version: str | None = None,
+                           bump: str = "minor", trained_at: datetime | None = None,
+                           conn: sa.Connection | None = None) -> ModelVersion:
+        """Register a trained model as a candidate with the next version and Triton folder number."""
+        _check_type(model_type)
+        if not architecture or not isinstance(architecture, str):
+            raise ValueError("architecture must be a non-empty string")
+        if not artifact_uri:
+            raise ValueError("artifact_uri must name the ONNX file")
+        if not isinstance(metrics, dict):
+            raise ValueError(f"metrics must be a dict, got {type(metrics).__name__}")
+        if parent_version is not None:
+            parse_version(parent_version)
+        row = dict(model_type=model_type, architecture=architecture, metrics=metrics, dataset_id=dataset_id,
+                   run_id=run_id, parent_version=parent_version, artifact_uri=str(artifact_uri),
+                   trained_at=trained_at or datetime.now(timezone.utc))
+        if conn is not None:  # the caller's transaction (from transaction(), which holds the lock)
+            return self._insert_candidate(conn, row, bump)
+        for attempt in range(self.retries + 1):
+            try:
+                with self.transaction(model_type) as tx:
+                    return self._insert_candidate(tx, row, bump)
+            except sa.exc.IntegrityError:  # a concurrent writer took the number: read again
+                if attempt >= self.retries:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _insert_candidate(self, tx, row: dict, bump: str) -> ModelVersion:
+        model_type, parent_version = row["model_type"], row["parent_version"]
+        if parent_version is not None:
+            self._load(tx, model_type, parent_version)
+        existing = [tuple(r) for r in tx.execute(sa.select(
+            model_versions.c.architecture, model_versions.c.major, model_versions.c.minor,
+            model_versions.c.patch).where(model_versions.c.model_type == model_type))]
+        major, minor, patch = next_version(existing, row["architecture"], bump, parent_version)
+        triton = (tx.execute(sa.select(sa.func.max(model_versions.c.triton_version))
+                             .where(model_versions.c.model_type == model_type)).scalar() or 0) + 1
+        version = f"{major}.{minor}.{patch}"
+        tx.execute(model_versions.insert().values(
+            **row, version=version, major=major, minor=minor, patch=patch, triton_version=triton,
+            status=CANDIDATE, updated_at=datetime.now(timezone.utc)))
+        return self._load(tx, model_type, version)
+
+    def set_status(self, model_type: str, version: str, status: str, reason: str | None = None,
+                   conn: sa.Connection | None = None) -> ModelVersion:
+        """Move one version to ``status``; raises IllegalTransition naming from and to otherwise.
+
+        Making a version active goes through ``activate`` (which also retires the old one)."""
+        if status == ACTIVE:
+            return self.activate(model_type, version, reason=reason, conn=conn)
+        with self._tx(model_type, conn) as tx:
+            return self._update(tx, self._load(tx, model_type, version), status, reason)
+
+    def activate(self, model_type: str, version: str, deploy_seconds: float | None = None,
+                 reason: str | None = None, conn: sa.Connection | None = None) -> ModelVersion:
+        """In one transaction: ``version`` becomes active (deployed_at now, previous_version = the
+        old active), the old active becomes retired, and (with an outbox) a ModelDeployedEvent is
+        recorded. Activating the version that is already active changes nothing."""
+        with self._tx(model_type, conn) as tx:
+            target = self._load(tx, model_type, version)
+            if target.status == ACTIVE:
+                return target
+            if ACTIVE not in TRANSITIONS[target.status]:
+                raise IllegalTransition(model_type, version, target.status, ACTIVE)
+            old = self._active(tx, model_type)
+            if old is not None:
+                self._update(tx, old, RETIRED, f"replaced by {version}")
+            now = datetime.now(timezone.utc)
+            new = self._update(tx, target, ACTIVE, reason, deployed_at=now,
+                               previous_version=old.version if old else None)
+            if self.outbox is not None:
+                from gymops.outbox import model_deployed
+
+                self.outbox.record_event(model_deployed(
+                    model_type, new.version, new.triton_version, new.previous_version, now, deploy_seconds), conn=tx)
+            return new
+
+    def rollback(self, model_type: str, to_version: str | None = None, reason: str = "rollback",
+                 seconds: float | None = None, conn: sa.Connection | None = None) -> ModelVersion:
+        """The active version becomes rolled_back and ``to_version`` (default: the version it
+        replaced if that is retired, else the newest retired one) active again, in one transaction,
+        with a ModelRolledBackEvent when an outbox is configured. Returns the newly active version."""
+        with self._tx(model_type, conn) as tx:
+            current = self._active(tx, model_type)
+            if current is None:
+                raise RegistryError(f"{model_type}: no active version to roll back")
+            if to_version is None:
+                prev = (self._load(tx, model_type, current.previous_version)
+                        if current.previous_version else None)
+                if prev is not None and prev.status == RETIRED:
+                    target = prev
+                else:
+                    row = tx.execute(sa.select(model_versions).where(
+                        model_versions.c.model_type == model_type, model_versions.c.status == RETIRED)
+                        .order_by(model_versions.c.triton_version.desc()).limit(1)).first()
+                    if row is None:
+                        raise RegistryError(f"{model_type}: no retired version to roll back to from {current.version}")
+                    target = _row(row)
+            else:
+                target = self._load(tx, model_type, to_version)
+                if target.version == current.version:
+                    raise RegistryError(f"{model_type}: cannot roll back {current.version} to itself")
+                if ACTIVE not in TRANSITIONS[target.status]:
+                    raise IllegalTransition(model_type, to_version, target.status, ACTIVE)
+            self._update(tx, current, ROLLED_BACK, reason)
+            new = self._update(tx, target, ACTIVE, f"rollback from {current.version}: {reason}",
+                               deployed_at=datetime.now(timezone.utc), previous_version=current.version)
+            if self.outbox is not None:
+                from gymops.outbox import model_rolled_back
+
+                self.outbox.record_event(model_rolled_back(model_type, current.version, new.version, reason, seconds),
+                                         conn=tx)
+            return new
+
+    def reject(self, model_type: str, version: str, reasons: list[dict], run_id: str | None = None,
+               conn: sa.Connection | None = None) -> ModelVersion:
+        """A candidate (or canary) that failed verification becomes rejected, its reasons kept in
+        status_reason, with a ModelVerificationFailedEvent when an outbox is configured. The active
+        version is untouched."""
+        summary = "; ".join(f"{r.get('gate')}/{r.get('check')}: {r.get('message')}" for r in reasons) or "rejected"
+        with self._tx(model_type, conn) as tx:
+            mv = self._update(tx, self._load(tx, model_type, version), REJECTED, summary)
+            if self.outbox is not None:
+                from gymops.outbox import model_verification_failed
+
+                self.outbox.record_event(model_verification_failed(model_type, version, reasons,
+                                                                   run_id or mv.run_id), conn=tx)
+            return mv
+
+    def archive_beyond(self, model_type: str, keep: int = KEEP_LOADABLE,
+                       conn: sa.Connection | None = None) -> list[str]:
+        """Archive the retired/rejected/rolled_back versions older than the newest ``keep``
+        non-archived ones (by Triton version). The active, canary and candidate versions are never
+        archived. Returns the archived versions, oldest first (their Triton folders may go)."""
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        with self._tx(model_type, conn) as tx:
+            rows = [_row(r) for r in tx.execute(sa.select(model_versions).where(
+                model_versions.c.model_type == model_type, model_versions.c.status != ARCHIVED)
+                .order_by(model_versions.c.triton_version.desc()))]
+            archived = []
+            for mv in reversed(rows[keep:]):
+                if mv.status in ARCHIVABLE:
+                    self._update(tx, mv, ARCHIVED, f"beyond the newest {keep}")
+                    archived.append(mv.version)
+            return archived
+
+    # -- reads ----------------------------------------------------------------------------------
+    def get(self, model_type: str, version: str) -> ModelVersion:
+        with self.engine.connect() as conn:
+            return self._load(conn, model_type, version)
+
+    def active(self, model_type: str) -> ModelVersion | None:
+        with self.engine.connect() as conn:
+            return self._active(conn, model_type)
+
+    def history(self, model_type: str, limit: int = 50) -> list[ModelVersion]:
+        """Newest first (by Triton version), archived ones included."""
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(sa.select(model_versions).where(
+                model_versions.c.model_type == model_type)
+                .order_by(model_versions.c.triton_version.desc()).limit(limit))]
+
+    def loadable(self, model_type: str, keep: int = KEEP_LOADABLE) -> list[ModelVersion]:
+        """The newest ``keep`` versions not archived (newest first), plus the active one should it
+        be older: what the Triton repository must keep on disk."""
+        with self.engine.connect() as conn:
+            rows = [_row(r) for r in conn.execute(sa.select(model_versions).where(
+                model_versions.c.model_type == model_type, model_versions.c.status != ARCHIVED)
+                .order_by(model_versions.c.triton_version.desc()))]
+        out = rows[:keep]
+        out += [mv for mv in rows[keep:] if mv.status == ACTIVE]
+        return out
+
+    def newest(self, model_type: str, architecture: str | None = None) -> ModelVersion | None:
+        """The highest semver registered (optionally of one architecture)."""
+        query = sa.select(model_versions).where(model_versions.c.model_type == model_type)
+        if architecture is not None:
+            query = query.where(model_versions.c.architecture == architecture)
+        with self.engine.connect() as conn:
+            row = conn.execute(query.order_by(*_NEWEST).limit(1)).first()
+        return _row(row) if row is not None else None

@@ -1,0 +1,465 @@
+"""The verification gates a candidate model must pass before it may be deployed.
+
+- data: Great Expectations 1.x suites over the corrected tasks and over the training dataset's
+  per-image manifest (``check_corrected_tasks``, ``check_training_dataset``);
+- accuracy: validation and frozen-holdout accuracy, each class, and better than the active model
+  on the same holdout (``accuracy_gate``);
+- performance: latency, throughput and memory measured in a sandbox process, never on the
+  production server (``performance_gate``).
+
+Every gate returns a ``GateResult``; a failing one names each failed check with its value and
+threshold, and ``failures_as_reasons`` turns them into the ModelVerificationFailedEvent reasons.
+Thresholds default to the design's and are configurable (``thresholds_from_env``).
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
+
+from gymops.config import ConfigError
+from gymops.events import DEFECTIVE, GOOD, LABELS, MAX_FUTURE_SKEW
+
+PHOTO_URL_PATTERN = r"^(?:file|s3)://"
+EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+CORRECTED_TASK_COLUMNS = ("task_id", "event_id", "photo_url", "final_result", "ai_result", "corrected",
+                          "event_timestamp", "created")
+MANIFEST_COLUMNS = ("split", "label", "decodable")
+
+
+# -- results ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Failure:
+    check: str
+    value: Any
+    threshold: Any
+    message: str
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: str
+    passed: bool
+    figures: dict = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"gate": self.gate, "passed": self.passed, "figures": _plain(self.figures),
+                "failures": [_plain(asdict(f)) for f in self.failures]}
+
+
+def _result(gate: str, figures: dict, failures: list[Failure]) -> GateResult:
+    return GateResult(gate, not failures, figures, failures)
+
+
+def _plain(value):
+    """JSON-friendly values: numpy scalars to Python, timestamps to ISO strings, sets to lists."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in (sorted(value, key=str) if isinstance(value, (set, frozenset)) else value)]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            return _plain(item())
+        except (ValueError, TypeError):
+            pass
+    isoformat = getattr(value, "isoformat", None)
+    if callable(isoformat):
+        return isoformat()
+    return str(value)
+
+
+def failures_as_reasons(results: Iterable[GateResult]) -> list[dict]:
+    """[{gate, check, value, threshold, message}] of every failed check: the reasons of a
+    ModelVerificationFailedEvent."""
+    return [_plain({"gate": r.gate, "check": f.check, "value": f.value, "threshold": f.threshold,
+                    "message": f.message}) for r in results for f in r.failures]
+
+
+# -- thresholds ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Thresholds:
+    val_accuracy: float = 0.90
+    holdout_accuracy: float = 0.88
+    class_accuracy: float = 0.90
+    # The challenger must beat the champion's holdout accuracy by MORE than this (TFX-style
+    # value threshold + change threshold); 0.0 means "strictly better".
+    min_improvement: float = 0.0
+    latency_ms: float = 200.0
+    memory_mb: float = 2048.0
+    throughput_rps: float = 50.0
+    perf_requests: int = 1000
+    min_class_fraction: float = 0.1
+
+
+# field -> (environment variable, parse, lo, hi)
+THRESHOLD_ENV = {
+    "val_accuracy": ("GYMOPS_GATE_VAL_ACCURACY", float, 0.0, 1.0),
+    "holdout_accuracy": ("GYMOPS_GATE_HOLDOUT_ACCURACY", float, 0.0, 1.0),
+    "class_accuracy": ("GYMOPS_GATE_CLASS_ACCURACY", float, 0.0, 1.0),
+    "min_improvement": ("GYMOPS_GATE_MIN_IMPROVEMENT", float, -1.0, 1.0),
+    "latency_ms": ("GYMOPS_GATE_LATENCY_MS", float, 1e-9, math.inf),
+    "memory_mb": ("GYMOPS_GATE_MEMORY_MB", float, 1e-9, math.inf),
+    "throughput_rps": ("GYMOPS_GATE_THROUGHPUT_RPS", float, 0.0, math.inf),
+    "perf_requests": ("GYMOPS_GATE_PERF_REQUESTS", int, 1, 1_000_000),
+    "min_class_fraction": ("GYMOPS_GATE_MIN_CLASS_FRACTION", float, 0.0, 0.5),
+}
+
+
+def thresholds_from_env(environ: Mapping[str, str] | None = None) -> Thresholds:
+    """Thresholds from GYMOPS_GATE_* variables (unset or empty: the design's default). A bad value
+    raises ConfigError naming the variable."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for name, (var, parse, lo, hi) in THRESHOLD_ENV.items():
+        raw = environ.get(var)
+        if raw is None or raw.strip() == "":
+            continue
+        try:
+            value = parse(raw.strip())
+        except ValueError:
+            kind = "an integer" if parse is int else "a number"
+            raise ConfigError(f"{var}: must be {kind}, got {raw!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{var}: must be a finite number, got {raw!r}")
+        if not lo <= value <= hi:
+            raise ConfigError(f"{var}: must be between {lo:g} and {hi:g}, got {value:g}")
+        values[name] = value
+    return Thresholds(**values)
+
+
+# -- Great Expectations -------------------------------------------------------------------------
+_GX_LOCK = threading.Lock()
+_GX: dict = {}
+
+
+def _gx():
+    """(gx, expectations module, a pandas batch definition) on one ephemeral context per process,
+    with usage statistics and progress bars off."""
+    with _GX_LOCK:
+        if not _GX:
+            os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+            import great_expectations as gx
+            import great_expectations.expectations as gxe
+            from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            context = gx.get_context(mode="ephemeral")
+            context.variables.progress_bars = ProgressBarsConfig(globally=False)
+            source = context.data_sources.add_pandas("gymops_verification")
+            batch_def = source.add_dataframe_asset(name="frame").add_batch_definition_whole_dataframe("whole")
+            _GX.update(gx=gx, gxe=gxe, batch_def=batch_def)
+        return _GX["gx"], _GX["gxe"], _GX["batch_def"]
+
+
+def _validate(gate: str, df, checks: list[tuple[str, Any, Any, str]], figures: dict,
+              failures: list[Failure]) -> GateResult:
+    """Run the expectations ``checks`` [(check name, expectation, threshold, what it means)] on
+    ``df`` in one suite; each failed expectation becomes a Failure named after its check."""
+    gx, _, batch_def = _gx()
+    t0 = time.perf_counter()
+    suite = gx.ExpectationSuite(name=f"{gate}-{time.time_ns()}")
+    meaning = {}
+    for check, expectation, threshold, what in checks:
+        expectation.meta = {"check": check}
+        suite.add_expectation(expectation)
+        meaning[check] = (threshold, what)
+    with _GX_LOCK:
+        result = batch_def.get_batch(batch_parameters={"dataframe": df}).validate(suite, result_format="SUMMARY")
+    for res in result.results:
+        check = (res.expectation_config.meta or {}).get("check", res.expectation_config.type)
+        threshold, what = meaning.get(check, (None, check))
+        info = res.exception_info or {}
+        raised = info.get("raised_exception") if isinstance(info, dict) else False
+        if raised:
+            failures.append(Failure(check, None, threshold,
+                                    f"{what}: the check could not run ({info.get('exception_message')})"))
+        elif not res.success:
+            failures.append(_failure(check, res.result or {}, threshold, what))
+    figures["checks"] = len(checks)
+    figures["ge_seconds"] = round(time.perf_counter() - t0, 3)
+    failures.sort(key=lambda f: [c[0] for c in checks].index(f.check) if f.check in meaning else -1)
+    return _result(gate, figures, failures)
+
+
+def _failure(check: str, result: dict, threshold, what: str) -> Failure:
+    if "unexpected_count" in result:
+        count, total = result["unexpected_count"], result.get("element_count")
+        examples = [_plain(v) for v in (result.get("partial_unexpected_list") or [])[:5]]
+        return Failure(check, count, threshold,
+                       f"{what}: {count} of {total} rows fail (e.g. {', '.join(map(repr, examples)) or 'n/a'})")
+    observed = _plain(result.get("observed_value"))
+    return Failure(check, observed, threshold, f"{what}: observed {observed!r}")
+
+
+def _frame(data):
+    import pandas as pd
+
+    if isinstance(data, pd.DataFrame):
+        return data.reset_index(drop=True)
+    if isinstance(data, Mapping):
+        for key in ("rows", "images", "items"):
+            if key in data:
+                return pd.DataFrame(list(data[key]))
+        return pd.DataFrame(dict(data))
+    return pd.DataFrame(list(data))
+
+
+def _missing_columns(gate: str, df, required: tuple[str, ...]) -> GateResult | None:
+    missing = [c for c in required if c not in df.columns]
+    if not missing:
+        return None
+    return _result(gate, {"rows": len(df)}, [Failure(
+        "columns", sorted(df.columns.astype(str)), list(required),
+        f"missing column(s) {', '.join(missing)} (required: {', '.join(required)})")])
+
+
+def _timestamps(series):
+    import pandas as pd
+
+    return pd.to_datetime(series, utc=True, errors="coerce", format="mixed")
+
+
+def check_corrected_tasks(df, thresholds: Thresholds | None = None, now: datetime | None = None) -> GateResult:
+    """The data gate over the corrected tasks a training run reads: labels in {good, defective},
+    photo URLs present and file:// or s3://, ids present, event ids unique, timestamps present and
+    between 2000 and now (+ the events' clock-skew allowance), both classes each at least
+    ``min_class_fraction`` of the rows (by final_result)."""
+    import pandas as pd
+
+    t = thresholds or Thresholds()
+    gate = "data.corrected_tasks"
+    df = _frame(df)
+    missing = _missing_columns(gate, df, CORRECTED_TASK_COLUMNS)
+    if missing:
+        return missing
+    now = now or datetime.now(timezone.utc)
+    latest = pd.Timestamp(now + MAX_FUTURE_SKEW)
+    earliest = pd.Timestamp(EARLIEST)
+    frame = pd.DataFrame({
+        "task_id": df["task_id"], "event_id": df["event_id"], "photo_url": df["photo_url"],
+        "final_result": df["final_result"], "ai_result": df["ai_result"], "corrected": df["corrected"],
+        # unparseable timestamps become NaT and fail the not-null checks
+        "event_timestamp": _timestamps(df["event_timestamp"]), "created": _timestamps(df["created"]),
+        "_defective": (df["final_result"] == DEFECTIVE).astype(float),
+        # corrected must say whether the manager changed the AI's verdict
+        "_corrected_consistent": df["corrected"].astype(object).eq(df["ai_result"] != df["final_result"]),
+    })
+    _, gxe, _ = _gx()
+    labels = list(LABELS)
+    f = t.min_class_fraction
+    checks = [
+        ("row_count", gxe.ExpectTableRowCountToBeBetween(min_value=1), ">= 1", "rows"),
+        ("task_id_not_null", gxe.ExpectColumnValuesToNotBeNull(column="task_id"), "not null", "task_id is null"),
+        ("event_id_not_null", gxe.ExpectColumnValuesToNotBeNull(column="event_id"), "not null", "event_id is null"),
+        ("event_id_unique", gxe.ExpectColumnValuesToBeUnique(column="event_id"), "unique",
+         "event_id is duplicated"),
+        ("photo_url_not_null", gxe.ExpectColumnValuesToNotBeNull(column="photo_url"), "not null",
+         "photo_url is missing"),
+        ("photo_url_scheme", gxe.ExpectColumnValuesToMatchRegex(column="photo_url", regex=PHOTO_URL_PATTERN),
+         PHOTO_URL_PATTERN, "photo_url is not file:// or s3://"),
+        ("final_result_label", gxe.ExpectColumnValuesToBeInSet(column="final_result", value_set=labels), labels,
+         "final_result is not a known label"),
+        ("final_result_not_null", gxe.ExpectColumnValuesToNotBeNull(column="final_result"), "not null",
+         "final_result is missing"),
+        ("ai_result_label", gxe.ExpectColumnValuesToBeInSet(column="ai_result", value_set=labels), labels,
+         "ai_result is not a known label"),
+        ("corrected_consistent", gxe.ExpectColumnValuesToBeInSet(column="_corrected_consistent", value_set=[True]),
+         "corrected == (ai_result != final_result)", "corrected disagrees with ai_result/final_result"),
+        ("event_timestamp_not_null", gxe.ExpectColumnValuesToNotBeNull(column="event_timestamp"), "not null",
+         "event_timestamp is missing or unparseable"),
+        ("event_timestamp_range", gxe.ExpectColumnValuesToBeBetween(
+            column="event_timestamp", min_value=earliest, max_value=latest),
+         [earliest.isoformat(), latest.isoformat()], "event_timestamp is before 2000 or in the future"),
+        ("created_not_null", gxe.ExpectColumnValuesToNotBeNull(column="created"), "not null",
+         "created is missing or unparseable"),
+        ("created_range", gxe.ExpectColumnValuesToBeBetween(column="created", min_value=earliest, max_value=latest),
+         [earliest.isoformat(), latest.isoformat()], "created is before 2000 or in the future"),
+        ("classes_present", gxe.ExpectColumnDistinctValuesToContainSet(column="final_result", value_set=labels),
+         labels, "final_result must contain both classes"),
+        ("class_balance", gxe.ExpectColumnMeanToBeBetween(column="_defective", min_value=f, max_value=1 - f),
+         [f, 1 - f], f"the defective fraction must be within [{f:g}, {1 - f:g}] (each class >= {f:g})"),
+    ]
+    counts = df["final_result"].value_counts()
+    figures = {"rows": len(df), **{f"{label}_rows": int(counts.get(label, 0)) for label in LABELS},
+               "corrected_rows": int((df["corrected"] == True).sum())}  # noqa: E712 - object columns
+    return _validate(gate, frame, checks, figures, [])
+
+
+def check_training_dataset(manifest, thresholds: Thresholds | None = None,
+                           required_splits: Iterable[str] | None = None) -> GateResult:
+    """The data gate over a training dataset's manifest, one row per image: ``split``, ``label``,
+    ``decodable`` (bool) and optionally ``task_id`` and a path column (``photo``/``path``/``uri``).
+
+    Every photo decodable, labels in {good, defective}, both classes present in every split (and
+    every ``required_splits`` split present), each class at least ``min_class_fraction`` of the
+    images, and, with task_id, no task in more than one split (no leakage between splits).
+    ``manifest`` may be a DataFrame, a list of row dicts, {"rows": [...]}, or a dict of columns."""
+    import pandas as pd
+
+    t = thresholds or Thresholds()
+    gate = "data.training_dataset"
+    df = _frame(manifest)
+    missing = _missing_columns(gate, df, MANIFEST_COLUMNS)
+    if missing:
+        return missing
+    path_col = next((c for c in ("photo", "path", "uri", "photo_url", "image") if c in df.columns), None)
+    ident = df[path_col].astype(str) if path_col else df.index.map(lambda i: f"row {i}")
+    per_split = df.groupby("split", dropna=False)["label"].agg(lambda s: set(s) & set(LABELS))
+    splits_missing_class = sorted(str(s) for s, present in per_split.items() if present != set(LABELS))
+    decodable = df["decodable"].map(lambda v: v is True or str(v).lower() in ("true", "1", "1.0"))
+    frame = pd.DataFrame({
+        "split": df["split"], "label": df["label"],
+        "_undecodable_photo": ident.where(~decodable),
+        "_defective": (df["label"] == DEFECTIVE).astype(float),
+        "_split_missing_class": df["split"].astype(str).where(df["split"].astype(str).isin(splits_missing_class)),
+    })
+    _, gxe, _ = _gx()
+    labels = list(LABELS)
+    f = t.min_class_fraction
+    checks = [
+        ("row_count", gxe.ExpectTableRowCountToBeBetween(min_value=1), ">= 1", "images"),
+        ("decodable", gxe.ExpectColumnValuesToBeNull(column="_undecodable_photo"), "every photo decodable",
+         "photos that cannot be decoded"),
+        ("label_in_set", gxe.ExpectColumnValuesToBeInSet(column="label", value_set=labels), labels,
+         "label is not a known label"),
+        ("label_not_null", gxe.ExpectColumnValuesToNotBeNull(column="label"), "not null", "label is missing"),
+        ("split_not_null", gxe.ExpectColumnValuesToNotBeNull(column="split"), "not null", "split is missing"),
+        ("classes_per_split", gxe.ExpectColumnValuesToBeNull(column="_split_missing_class"),
+         "both classes in every split", "splits without both classes"),
+        ("class_balance", gxe.ExpectColumnMeanToBeBetween(column="_defective", min_value=f, max_value=1 - f),
+         [f, 1 - f], f"the defective fraction must be within [{f:g}, {1 - f:g}] (each class >= {f:g})"),
+    ]
+    if required_splits:
+        required = sorted(set(required_splits))
+        checks.append(("splits_present", gxe.ExpectColumnDistinctValuesToContainSet(column="split", value_set=required),
+                       required, "required splits"))
+    if "task_id" in df.columns:
+        spread = df.groupby("task_id")["split"].transform("nunique")
+        frame["_task_in_several_splits"] = df["task_id"].astype(str).where(spread > 1)
+        checks.append(("task_single_split", gxe.ExpectColumnValuesToBeNull(column="_task_in_several_splits"),
+                       "each task in one split", "tasks whose photos are in more than one split"))
+    counts = df.groupby(["split", "label"]).size()
+    figures = {"images": len(df), "undecodable": int((~decodable).sum()),
+               "per_split": {str(s): {str(lbl): int(n) for lbl, n in counts[s].items()}
+                             for s in counts.index.get_level_values(0).unique()},
+               "splits_missing_class": splits_missing_class}
+    return _validate(gate, frame, checks, figures, [])
+
+
+# -- accuracy -----------------------------------------------------------------------------------
+def _number(metrics: Mapping | None, *path: str) -> float | None:
+    value: Any = metrics
+    for key in path:
+        if not isinstance(value, Mapping) or key not in value:
+            return None
+        value = value[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def accuracy_gate(candidate: Mapping, champion_holdout_accuracy: float | None = None,
+                  thresholds: Thresholds | None = None) -> GateResult:
+    """candidate: {"val": metrics, "holdout": metrics} ("validation" is accepted for "val"), each
+    metrics {"accuracy", "per_class_accuracy": {"good", "defective"}, ...}. Rules: val accuracy
+    >= val_accuracy; holdout accuracy >= holdout_accuracy; each class's holdout accuracy >=
+    class_accuracy; with a champion (the active model's accuracy on the same frozen holdout),
+    candidate holdout - champion > min_improvement."""
+    t = thresholds or Thresholds()
+    gate = "accuracy"
+    val = candidate.get("val", candidate.get("validation")) if isinstance(candidate, Mapping) else None
+    holdout = candidate.get("holdout") if isinstance(candidate, Mapping) else None
+    failures: list[Failure] = []
+    figures: dict = {}
+
+    def at_least(check: str, value: float | None, threshold: float, what: str) -> None:
+        figures[check] = value
+        if value is None:
+            failures.append(Failure(check, None, threshold, f"{what} is missing from the candidate's metrics"))
+        elif value < threshold:
+            failures.append(Failure(check, value, threshold, f"{what} {value:.4f} is below {threshold:.4f}"))
+
+    at_least("val_accuracy", _number(val, "accuracy"), t.val_accuracy, "validation accuracy")
+    holdout_acc = _number(holdout, "accuracy")
+    at_least("holdout_accuracy", holdout_acc, t.holdout_accuracy, "holdout accuracy")
+    for label in (GOOD, DEFECTIVE):
+        at_least(f"class_accuracy.{label}", _number(holdout, "per_class_accuracy", label), t.class_accuracy,
+                 f"holdout accuracy of class {label}")
+    figures["champion_holdout_accuracy"] = champion_holdout_accuracy
+    if champion_holdout_accuracy is not None:
+        champion = float(champion_holdout_accuracy)
+        needed = champion + t.min_improvement
+        if holdout_acc is None:
+            improvement = None
+        else:
+            improvement = round(holdout_acc - champion, 6)
+        figures["improvement"] = improvement
+        if improvement is not None and not improvement > t.min_improvement:
+            failures.append(Failure(
+                "better_than_champion", holdout_acc, needed,
+                f"holdout accuracy {holdout_acc:.4f} does not beat the active model's {champion:.4f} "
+                f"by more than {t.min_improvement:g} (change {improvement:+.4f})"))
+    return _result(gate, figures, failures)
+
+
+# -- performance --------------------------------------------------------------------------------
+def performance_gate(onnx_path, sample_inputs, thresholds: Thresholds | None = None, threads: int = 2,
+                     concurrency: int = 2, throughput_seconds: float = 2.0, warmup: int = 10,
+                     timeout_s: float = 300.0) -> GateResult:
+    """Latency, throughput and memory of an ONNX model measured by onnxruntime in a sandbox child
+    process (gymops.sandbox), never on the production server: ``perf_requests`` sequential
+    single-image requests (mean/p50/p99 latency), then ``concurrency`` callers for
+    ``throughput_seconds`` (requests/s), and the child's peak RSS. sample_inputs: float32
+    (N, 3, 224, 224), cycled through. A model that cannot load, crashes or times out fails the gate
+    with the reason."""
+    import numpy as np
+
+    from gymops.sandbox import run_sandbox
+
+    t = thresholds or Thresholds()
+    gate = "performance"
+    inputs = np.asarray(sample_inputs)
+    if inputs.ndim != 4 or inputs.shape[1:] != (3, 224, 224) or len(inputs) == 0:
+        raise ValueError(f"sample_inputs must be (N, 3, 224, 224) with N >= 1, got {inputs.shape}")
+    if inputs.dtype != np.float32:
+        raise ValueError(f"sample_inputs must be float32, got {inputs.dtype}")
+    if not os.path.isfile(onnx_path):
+        return _result(gate, {}, [Failure("sandbox.load", str(onnx_path), "a readable ONNX file",
+                                          f"no model file at {onnx_path}")])
+    report = run_sandbox(onnx_path, inputs, requests=t.perf_requests, warmup=warmup,
+                         throughput_seconds=throughput_seconds, concurrency=concurrency, threads=threads,
+                         timeout_s=timeout_s)
+    figures = {**report.figures, "sandbox_seconds": round(report.wall_s, 2)}
+    if not report.ok:
+        detail = f"; output: {report.output_tail.strip()[-500:]}" if report.output_tail.strip() else ""
+        return _result(gate, figures, [Failure(f"sandbox.{report.stage}", None, None,
+                                               f"{report.error}{detail}")])
+    failures = []
+    mean, rps, peak = figures["mean_latency_ms"], figures["throughput_rps"], figures["peak_memory_mb"]
+    if mean > t.latency_ms:
+        failures.append(Failure("mean_latency_ms", mean, t.latency_ms,
+                                f"mean latency {mean:.3f} ms over {t.perf_requests} requests exceeds {t.latency_ms:g} ms"))
+    if peak > t.memory_mb:
+        failures.append(Failure("peak_memory_mb", peak, t.memory_mb,
+                                f"peak memory {peak:.1f} MB exceeds {t.memory_mb:g} MB"))
+    if rps < t.throughput_rps:
+        failures.append(Failure("throughput_rps", rps, t.throughput_rps,
+                                f"throughput {rps:.1f} req/s is below {t.throughput_rps:g} req/s"))
+    return _result(gate, figures, failures)
+
+
+__all__ = [
+    "Failure", "GateResult", "Thresholds", "THRESHOLD_ENV", "thresholds_from_env", "check_corrected_tasks",
+    "check_training_dataset", "accuracy_gate", "performance_gate", "failures_as_reasons",
+]
