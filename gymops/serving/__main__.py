@@ -1,0 +1,143 @@
+"""python -m gymops.serving {setup,start,stop,status,index,swap,unload}
+
+start runs the server in the background (its own session) and records it under $GYMOPS_HOME/run
+(triton.pid, triton.json); stop and status find it there. Ports: GYMOPS_TRITON_HTTP_PORT,
+GYMOPS_TRITON_GRPC_PORT, GYMOPS_TRITON_METRICS_PORT (8000/8001/8002); repository:
+GYMOPS_TRITON_REPOSITORY (triton_models/); deploy token: GYMOPS_DEPLOY_TOKEN or $GYMOPS_HOME/deploy.token.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from gymops.config import ConfigError
+
+
+def _server(ss):
+    from gymops.serving.server import TritonServer
+
+    return TritonServer.from_pid_file(ss)
+
+
+def cmd_setup(ss, args) -> int:
+    from gymops.serving.server import check_runnable, prepare_backend_dir, prepare_cache_dir, wheel_layout
+    from gymops.serving.stubenv import ensure_stub_site
+
+    layout = wheel_layout()
+    check_runnable(layout)
+    site = ensure_stub_site(quiet=False)
+    prepare_backend_dir(ss.triton_home / "backends", layout)
+    prepare_cache_dir(ss.triton_home / "caches", layout)
+    print(f"tritonserver {layout.binary} runs; stub site {site}; backends under {ss.triton_home}")
+    return 0
+
+
+def cmd_start(ss, args) -> int:
+    from gymops.serving.server import TritonServer
+
+    running = _server(ss)
+    if running is not None:
+        print(json.dumps({"already_running": True, **running.health()}))
+        return 0
+    server = TritonServer.from_settings(ss).start(timeout=args.timeout)
+    server.write_pid_file(ss.run_dir)
+    print(json.dumps({**server.state(), "start_seconds": round(server.start_seconds, 3)}))
+    return 0
+
+
+def cmd_stop(ss, args) -> int:
+    from gymops.serving.server import TritonServer
+
+    server = _server(ss)
+    if server is None:
+        TritonServer.clear_pid_file(ss.run_dir)
+        print("tritonserver: not running")
+        return 0
+    pid = server.pid
+    server.stop(timeout=args.timeout)
+    TritonServer.clear_pid_file(ss.run_dir)
+    print(f"tritonserver (pid {pid}) stopped")
+    return 0
+
+
+def cmd_status(ss, args) -> int:
+    server = _server(ss)
+    if server is None:
+        print(json.dumps({"running": False}))
+        return 3
+    health = server.health()
+    try:
+        from gymops.serving.control import ModelControl
+
+        with ModelControl.for_settings(ss, timeout=10) as control:
+            health["models"] = control.index()
+    except Exception as exc:  # noqa: BLE001 -- status reports, it does not fail on a side question
+        health["models_error"] = str(exc)
+    print(json.dumps(health, indent=2))
+    return 0 if health.get("live") else 1
+
+
+def cmd_index(ss, args) -> int:
+    from gymops.serving.control import ModelControl
+
+    with ModelControl.for_settings(ss) as control:
+        print(json.dumps(control.index(), indent=2))
+    return 0
+
+
+def cmd_swap(ss, args) -> int:
+    from gymops.serving.control import ModelControl
+
+    with ModelControl.for_settings(ss) as control:
+        result = control.swap(args.model, args.version)
+    print(json.dumps({"model": result.model, "version": result.version, "previous": result.previous,
+                      "load_seconds": round(result.load_seconds, 3), "total_seconds": round(result.total_seconds, 3)}))
+    return 0
+
+
+def cmd_unload(ss, args) -> int:
+    from gymops.serving.control import ModelControl
+
+    with ModelControl.for_settings(ss) as control:
+        seconds = control.unload(args.model)
+    print(f"{args.model} unloaded in {seconds:.2f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gymops.serving", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("setup", help="check the binary, install the stubs' numpy 1.x, prepare the backend directory")
+    p = sub.add_parser("start", help="start tritonserver in the background")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p = sub.add_parser("stop", help="stop it (SIGTERM, SIGKILL after --timeout)")
+    p.add_argument("--timeout", type=float, default=30.0)
+    sub.add_parser("status", help="pid, health, memory, models (exit 3 when not running)")
+    sub.add_parser("index", help="the repository index (needs the deploy token)")
+    p = sub.add_parser("swap", help="serve VERSION of MODEL instead of the current one")
+    p.add_argument("model")
+    p.add_argument("version", type=int)
+    p = sub.add_parser("unload", help="unload every version of MODEL")
+    p.add_argument("model")
+    args = parser.parse_args(argv)
+
+    from gymops.serving.settings import serving_settings
+
+    try:
+        ss = serving_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    handler = {"setup": cmd_setup, "start": cmd_start, "stop": cmd_stop, "status": cmd_status,
+               "index": cmd_index, "swap": cmd_swap, "unload": cmd_unload}[args.command]
+    try:
+        return handler(ss, args)
+    except Exception as exc:  # noqa: BLE001 -- one line for the operator, not a traceback
+        print(f"{args.command} failed: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
