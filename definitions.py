@@ -1,25 +1,38 @@
 """The Dagster code location: `dagster dev -w workspace.yaml` (or `make up`) loads it."""
 import dagster as dg
 
+from assets.candidate_model import candidate_model
 from assets.corrected_tasks import corrected_tasks
 from assets.face import face_nightly_job, face_samples_daily
+from assets.gates import GATES
 from assets.history import replicated_history
+from assets.trained_checkpoint import trained_checkpoint
+from assets.training_dataset import training_dataset
 from resources.feast import FeastResource
+from resources.photos import PhotoStoreResource
 from resources.pipeline import PipelineStore
 from resources.registry import RegistryResource
 from sensors.corrections import build_laundry_corrections_sensor
 from sensors.face_nightly import face_nightly_schedule
 
+LAUNDRY = [corrected_tasks, training_dataset, trained_checkpoint, candidate_model]
+
 laundry_training_job = dg.define_asset_job(
     "laundry_training",
-    selection=dg.AssetSelection.assets(corrected_tasks).downstream(),
+    selection=dg.AssetSelection.assets(*LAUNDRY),
     description="UC-24: corrections -> dataset -> checkpoint -> gated candidate model.",
 )
 
+RESOURCES = {
+    "feast": FeastResource(), "pipeline": PipelineStore(), "registry": RegistryResource(),
+    "photos": PhotoStoreResource(),
+}
+
 defs = dg.Definitions(
-    assets=[replicated_history, corrected_tasks, face_samples_daily],
+    assets=[replicated_history, *LAUNDRY, face_samples_daily],
+    asset_checks=GATES,
     jobs=[laundry_training_job, face_nightly_job],
     schedules=[face_nightly_schedule],
     sensors=[build_laundry_corrections_sensor(laundry_training_job)],
-    resources={"feast": FeastResource(), "pipeline": PipelineStore(), "registry": RegistryResource()},
+    resources=RESOURCES,
 )

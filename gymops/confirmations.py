@@ -15,7 +15,7 @@ FEATURES = [f"{history.TASK_CONFIRMATIONS}:{c}" for c in (
     "event_id", "photo_url", "ai_result", "ai_model_version", "final_result", "corrected",
     "correction_reason", "branch_id", "helper_id",
 )]
-COLUMNS = ["task_id", "event_timestamp"] + [f.split(":")[1] for f in FEATURES]
+COLUMNS = ["task_id", "event_timestamp", "created"] + [f.split(":")[1] for f in FEATURES]
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:
@@ -26,8 +26,11 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
 def _point_in_time(store, entities: pd.DataFrame) -> pd.DataFrame:
     if entities.empty:
         return pd.DataFrame(columns=COLUMNS)
-    frame = store.get_historical_features(entity_df=entities, features=FEATURES).to_df()
-    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    frame = store.get_historical_features(
+        entity_df=entities.rename(columns={"created": "ingested_at"}), features=FEATURES,
+    ).to_df().rename(columns={"ingested_at": "created"})  # Feast reserves "created" for its own column
+    for col in ("event_timestamp", "created"):
+        frame[col] = pd.to_datetime(frame[col], utc=True)
     frame = frame[COLUMNS].sort_values(["event_timestamp", "task_id"]).reset_index(drop=True)
     frame["corrected"] = frame["corrected"].astype(bool)
     return frame

@@ -10,13 +10,16 @@ from gymops import history
 FEATURES = [f"{history.FACE_SAMPLES}:{c}" for c in (
     "event_id", "sample_kind", "role", "branch_id", "photo_url", "similarity", "model_version",
 )]
-COLUMNS = ["user_id", "event_timestamp"] + [f.split(":")[1] for f in FEATURES]
+COLUMNS = ["user_id", "event_timestamp", "created"] + [f.split(":")[1] for f in FEATURES]
 
 
 def samples_between(settings, store, start: datetime, end: datetime) -> pd.DataFrame:
     rows = history.history_for(settings, history.FACE_SAMPLES).entity_rows(start, end)
     if rows.empty:
         return pd.DataFrame(columns=COLUMNS)
-    frame = store.get_historical_features(entity_df=rows, features=FEATURES).to_df()
-    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    frame = store.get_historical_features(
+        entity_df=rows.rename(columns={"created": "ingested_at"}), features=FEATURES,
+    ).to_df().rename(columns={"ingested_at": "created"})  # Feast reserves "created" for its own column
+    for col in ("event_timestamp", "created"):
+        frame[col] = pd.to_datetime(frame[col], utc=True)
     return frame[COLUMNS].sort_values(["event_timestamp", "user_id"]).reset_index(drop=True)

@@ -203,9 +203,9 @@ class FileHistory:
 
     def entity_rows(self, start: datetime | None = None, end: datetime | None = None,
                     corrected_only: bool = False, newest: int | None = None):
-        """(entity key, event_timestamp) of the rows confirmed in [start, end), newest first."""
+        """(entity key, event_timestamp, created) of the rows timestamped in [start, end), newest first."""
         key = ENTITY_KEYS[self.table]
-        cols = [key, "event_timestamp"] + (["corrected"] if corrected_only else [])
+        cols = [key, "event_timestamp", "created"] + (["corrected"] if corrected_only else [])
         frame = self.read().select(cols).to_pandas()
         return _filter_rows(frame, key, start, end, corrected_only, newest)
 
@@ -221,7 +221,7 @@ def _filter_rows(frame, key, start, end, corrected_only, newest):
         frame = frame[frame.event_timestamp < end]
     if corrected_only:
         frame = frame[frame.corrected.astype(bool)]
-    frame = frame.sort_values("event_timestamp", ascending=False)[[key, "event_timestamp"]]
+    frame = frame.sort_values("event_timestamp", ascending=False)[[key, "event_timestamp", "created"]]
     return (frame.head(newest) if newest else frame).reset_index(drop=True)
 
 
@@ -308,7 +308,7 @@ class PostgresHistory:
 
     def entity_rows(self, start: datetime | None = None, end: datetime | None = None,
                     corrected_only: bool = False, newest: int | None = None):
-        """(entity key, event_timestamp) of the rows confirmed in [start, end), newest first."""
+        """(entity key, event_timestamp, created) of the rows timestamped in [start, end), newest first."""
         import pandas as pd
 
         key = ENTITY_KEYS[self.table]
@@ -319,12 +319,13 @@ class PostgresHistory:
             where.append("event_timestamp < %s"); params.append(end)
         if corrected_only:
             where.append("corrected")
-        sql = (f"SELECT {key}, event_timestamp FROM {self.schema}.{self.table} WHERE {' AND '.join(where)} "
+        sql = (f"SELECT {key}, event_timestamp, created FROM {self.schema}.{self.table} WHERE {' AND '.join(where)} "
                "ORDER BY event_timestamp DESC" + (f" LIMIT {int(newest)}" if newest else ""))
         with self._connect() as conn:
             rows = conn.execute(sql, params).fetchall()
-        frame = pd.DataFrame(rows, columns=[key, "event_timestamp"])
-        frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+        frame = pd.DataFrame(rows, columns=[key, "event_timestamp", "created"])
+        for col in ("event_timestamp", "created"):
+            frame[col] = pd.to_datetime(frame[col], utc=True)
         return frame
 
     def read(self) -> pa.Table:

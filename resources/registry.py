@@ -14,9 +14,12 @@ class RegistryResource(dg.ConfigurableResource):
         return engine_for(load_settings())
 
     def registry(self):
+        """Status changes (activate, reject, rollback) record their event in the outbox, atomically."""
+        from gymops.outbox import Outbox
         from gymops.registry import ModelRegistry
 
-        return ModelRegistry(self._engine())
+        engine = self._engine()
+        return ModelRegistry(engine, outbox=Outbox(engine))
 
     def outbox(self):
         from gymops.outbox import Outbox

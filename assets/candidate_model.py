@@ -1,0 +1,73 @@
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+
+from assets.training_dataset import MODEL_TYPE
+from assets.trained_checkpoint import TrainedCheckpoint, confusion_md
+from gymops.ml.dataset import DatasetManifest, Holdout
+from gymops.ml.evaluate import evaluate_onnx
+from gymops.ml.export import export_onnx
+from gymops.ml.train import TrainConfig, train
+from resources.pipeline import PipelineStore
+from resources.registry import RegistryResource
+
+
+@dataclass
+class CandidateModel:
+    model_type: str
+    version: str
+    triton_version: int
+    onnx_path: str
+    dataset_id: str
+    metrics: dict = field(default_factory=dict)  # {"val": .., "holdout": .., "onnx_max_abs_diff": ..}
+
+
+def frozen_holdout(pipeline: PipelineStore, size: int):
+    holdout = Holdout.freeze_or_load(pipeline.path("holdout"), MODEL_TYPE, [])
+    return holdout.arrays(size)
+
+
+@dg.asset(
+    group_name="laundry", kinds={"onnx"},
+    description="The trained model exported to ONNX (checked against PyTorch), evaluated on validation "
+                "and the frozen holdout, registered as a candidate version.",
+)
+def candidate_model(context: dg.AssetExecutionContext, pipeline: PipelineStore, registry: RegistryResource,
+                    training_dataset: DatasetManifest, trained_checkpoint: TrainedCheckpoint) -> CandidateModel:
+    cfg = TrainConfig(**trained_checkpoint.config)
+    model = train(training_dataset, cfg, trained_checkpoint.ckpt_dir).model  # the finished training, reloaded
+    onnx_path = pipeline.path("models", MODEL_TYPE, f"{training_dataset.dataset_id}-{cfg.fingerprint()}.onnx")
+    val_x = training_dataset.images("val")
+    diff = export_onnx(model, onnx_path, training_dataset.size, samples=val_x[:32])
+    metrics = {
+        "val": evaluate_onnx(onnx_path, val_x, training_dataset.labels("val")),
+        "holdout": evaluate_onnx(onnx_path, *frozen_holdout(pipeline, training_dataset.size)),
+        "onnx_max_abs_diff": diff,
+    }
+    version = registry.registry().register_candidate(
+        MODEL_TYPE, cfg.backbone, metrics, training_dataset.dataset_id, context.run_id, str(onnx_path))
+    h = metrics["holdout"]
+    context.add_output_metadata({
+        "version": version.version,
+        "triton_version": version.triton_version,
+        "holdout_accuracy": dg.MetadataValue.float(float(h["accuracy"])),
+        "val_accuracy": dg.MetadataValue.float(float(metrics["val"]["accuracy"])),
+        "holdout_per_class_accuracy": dg.MetadataValue.json(h["per_class_accuracy"]),
+        "holdout_confusion_matrix": dg.MetadataValue.md(confusion_md(h["confusion"])),
+        "onnx_max_abs_diff": dg.MetadataValue.float(float(diff)),
+        "onnx": dg.MetadataValue.path(str(onnx_path)),
+        "dataset_id": training_dataset.dataset_id,
+    })
+    return CandidateModel(MODEL_TYPE, version.version, version.triton_version, str(onnx_path),
+                          training_dataset.dataset_id, metrics)
+
+
+def champion_holdout_accuracy(registry, pipeline: PipelineStore, size: int) -> tuple[str | None, float | None]:
+    """The active model's accuracy on the same frozen holdout, measured now: like with like."""
+    active = registry.active(MODEL_TYPE)
+    if active is None:
+        return None, None
+    if not Path(active.artifact_uri).exists():
+        raise dg.Failure(f"active model {active.version}: artifact {active.artifact_uri} is missing")
+    return active.version, float(evaluate_onnx(active.artifact_uri, *frozen_holdout(pipeline, size))["accuracy"])
