@@ -29,5 +29,5 @@ def face_samples_daily(context: dg.AssetExecutionContext, feast: FeastResource, 
     })
 
 
-face_nightly_job = dg.define_asset_job("face_nightly", selection=[face_samples_daily], partitions_def=FACE_DAYS,
+face_nightly_job = dg.define_asset_job("face_nightly", selection=[face_samples_daily],
                                        description="The nightly face batch (03:00 gym time).")

@@ -1,0 +1,441 @@
+"""gymops.deploy against a real Triton server and a real registry (SQLite, transactional outbox).
+
+Every test gets its own model repository, registry database and tritonserver on free loopback
+ports (the server starts in well under a second). The models are tiny ONNX graphs with the laundry
+interface (input "image" (N,3,224,224) float32 -> "probabilities" (N,2) softmax), built with the
+onnx helper; one of them answers NaN for any real photo (but passes the zero-input warm-up).
+Skipped (with the reason) only when the binary cannot run here; under CI=true that is a failure.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+
+from conftest import IN_CI, free_port
+from gymops.config import PROJECT_ROOT
+from gymops.db import _engine, metadata
+from gymops.deploy import STEPS, CandidateRejected, DeployFailed, Deployer
+from gymops.outbox import (MODEL_DEPLOYED, MODEL_ROLLED_BACK, MODEL_VERIFICATION_FAILED, Outbox,
+                           outbox as outbox_table)
+from gymops.registry import ModelRegistry
+from gymops.serving.client import LaundryClient
+from gymops.serving.control import ModelControl, write_version
+from gymops.serving.server import TritonServer, TritonUnavailable, _stub_shm_regions, check_runnable, pid_alive, \
+    process_tree
+from gymops.serving.settings import DEPLOY_HEADER
+
+pytestmark = pytest.mark.slow
+MODEL = "laundry"
+TOKEN = "test-deploy-token-deploy-0123456789"
+
+
+# ------------------------------------------------------------------------------------------------
+# Models, photos
+
+def tiny_onnx(path: Path, seed: int, nan: bool = False) -> Path:
+    """Channel means -> linear -> softmax. nan=True adds sqrt(-sum|means|): 0 for the all-zero
+    warm-up input of model.py, NaN for any real photo."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.normal(0, 3, (3, 2)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.normal(0, 0.5, (2,)).astype(np.float32), "b")
+    nodes = [helper.make_node("ReduceMean", ["image"], ["m"], axes=[2, 3], keepdims=0),
+             helper.make_node("MatMul", ["m", "w"], ["z"]),
+             helper.make_node("Add", ["z", "b"], ["logits"])]
+    if nan:
+        nodes += [helper.make_node("Abs", ["m"], ["a"]),
+                  helper.make_node("ReduceSum", ["a"], ["s"], keepdims=1),
+                  helper.make_node("Neg", ["s"], ["ns"]),
+                  helper.make_node("Sqrt", ["ns"], ["r"]),
+                  helper.make_node("Add", ["logits", "r"], ["logits2"])]
+    nodes.append(helper.make_node("Softmax", ["logits2" if nan else "logits"], ["probabilities"], axis=1))
+    graph = helper.make_graph(
+        nodes, f"tiny{seed}", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, 224, 224])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 2])], initializer=[w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def photo(seed: int, fmt: str = "JPEG") -> bytes:
+    rng = np.random.default_rng(seed)
+    h, w = 96, 128
+    yy, xx = np.mgrid[0:h, 0:w]
+    tint = rng.integers(0, 256, 3)
+    base = np.stack([xx * 255 // w, yy * 255 // h, np.full_like(xx, 128)], axis=-1) * 0.4 + tint * 0.6
+    img = np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+GOLDEN = [photo(i, "JPEG" if i % 2 else "PNG") for i in range(6)]
+
+
+def _require_triton() -> None:
+    try:
+        check_runnable()
+        from gymops.serving.stubenv import ensure_stub_site
+
+        ensure_stub_site()
+    except (TritonUnavailable, RuntimeError) as exc:
+        if IN_CI:
+            pytest.fail(f"tritonserver must run in CI: {exc}")
+        pytest.skip(f"tritonserver cannot run on this machine: {exc}")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    out = {seed: tiny_onnx(root / f"m{seed}.onnx", seed) for seed in range(1, 16)}
+    out["nan"] = tiny_onnx(root / "nan.onnx", 99, nan=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# A deployment: repository, registry, server
+
+class Env:
+    def __init__(self, root: Path, models: dict):
+        self.root, self.models = root, models
+        self.repo = root / "repo"
+        (self.repo / MODEL).mkdir(parents=True)
+        for name in ("config.pbtxt", "model.py"):
+            shutil.copyfile(PROJECT_ROOT / "triton_models" / MODEL / name, self.repo / MODEL / name)
+        self.archive = root / "archive"
+        self.engine = _engine(f"sqlite:///{root / 'registry.db'}")
+        metadata.create_all(self.engine)
+        self.outbox = Outbox(self.engine)
+        self.registry = ModelRegistry(self.engine, self.outbox)
+        self.server = self.control = self.deployer = None
+        self.start()
+
+    def start(self) -> None:
+        self.server = TritonServer(self.repo, home=self.root / "home", deploy_token=TOKEN, deploy_header=DEPLOY_HEADER,
+                                   http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()).start()
+        self.control = ModelControl.for_server(self.server)
+        self.deployer = Deployer(self.registry, self.control, self.repo, MODEL, archive_dir=self.archive)
+
+    def kill(self) -> None:
+        """SIGKILL the server (its stubs exit when their parent is gone); clean its shared memory."""
+        pid = self.server.pid
+        tree = process_tree(pid)
+        regions = _stub_shm_regions(tree)
+        os.kill(pid, signal.SIGKILL)
+        self.server.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while any(pid_alive(p) for p in tree[1:]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for p in tree[1:]:
+            if pid_alive(p):
+                os.kill(p, signal.SIGKILL)
+        for name in regions:
+            Path("/dev/shm", name).unlink(missing_ok=True)
+
+    def restart(self) -> None:
+        if self.server.running():
+            self.kill()
+        self.control.close()
+        self.start()
+
+    def close(self) -> None:
+        self.control.close()
+        self.server.stop()
+        self.engine.dispose()
+
+    # -- helpers --------------------------------------------------------------------------------
+    def candidate(self, seed, **kw):
+        return self.registry.register_candidate("laundry", "tiny", {"val": {"accuracy": 0.95}}, f"DS-{seed}",
+                                                f"run-{seed}", str(self.models[seed]), **kw)
+
+    def served(self, photos=GOLDEN[:1]) -> str:
+        with LaundryClient(self.server.grpc_url, retries=0) as client:
+            return client.classify_batch(photos)[0].model_version
+
+    def events(self, event_type: str) -> list[dict]:
+        with self.engine.connect() as conn:
+            return [r.payload for r in conn.execute(sa.select(outbox_table.c.payload)
+                                                    .where(outbox_table.c.event_type == event_type)
+                                                    .order_by(outbox_table.c.id))]
+
+    def assert_clean(self) -> None:
+        report = self.deployer.consistency("laundry")
+        assert report.ok, report.problems
+        active = self.registry.active("laundry")
+        assert self.control.served_versions(MODEL) == [active.triton_version]
+        assert self.served() == active.version
+        assert not (self.repo / f"{MODEL}_staging").exists()
+
+
+@pytest.fixture
+def env(tmp_path, models):
+    _require_triton()
+    e = Env(tmp_path, models)
+    try:
+        yield e
+    finally:
+        e.close()
+
+
+class Traffic:
+    """A client thread (gRPC, no retries) sending golden photos back to back."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.records: list[tuple[float, float, str]] = []  # (sent, answered, version or ERROR ...)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with LaundryClient(self.url, retries=0, timeout=30) as client:
+            i = 0
+            while not self._stop.is_set():
+                sent = time.monotonic()
+                try:
+                    outcome = client.classify(GOLDEN[i % len(GOLDEN)]).model_version
+                except Exception as exc:  # noqa: BLE001 -- every failure is counted and fails the test
+                    outcome = f"ERROR {exc}"
+                self.records.append((sent, time.monotonic(), outcome))
+                i += 1
+
+    def __enter__(self) -> "Traffic":
+        self._thread.start()
+        time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        time.sleep(0.2)
+        self._stop.set()
+        self._thread.join(30)
+
+    @property
+    def errors(self) -> list:
+        return [r for r in self.records if r[2].startswith("ERROR")]
+
+
+class Crash(BaseException):
+    """The deploying process dies (not an Exception: no cleanup runs, like a SIGKILL)."""
+
+
+# ------------------------------------------------------------------------------------------------
+
+def test_deploy_v1_then_v2(env):
+    v1, v2 = env.candidate(1), env.candidate(2)
+    seen = []
+    r1 = env.deployer.deploy("laundry", v1.version, GOLDEN, on_step=lambda s, t: seen.append((s, t)))
+    assert r1.outcome == "deployed" and r1.previous_version is None and not r1.reused_folder
+    assert [s for s, _ in seen] == list(STEPS) and all(t >= 0 for _, t in seen)
+    assert r1.golden["staging"]["max_abs_diff"] <= 1e-4 and r1.golden["served"]["versions"] == [v1.version]
+    env.assert_clean()
+
+    with Traffic(env.server.grpc_url) as traffic:
+        r2 = env.deployer.deploy("laundry", v2.version, GOLDEN)
+    assert not traffic.errors, traffic.errors[:3]
+    assert traffic.records[-1][2] == v2.version
+    assert r2.outcome == "deployed" and r2.previous_version == v1.version
+    assert env.registry.get("laundry", v1.version).status == "retired"
+    assert env.registry.active("laundry").version == v2.version
+    assert env.served() == v2.version and env.control.served_versions(MODEL) == [v2.triton_version]
+    assert (env.repo / MODEL / str(v1.triton_version)).is_dir()  # kept for rollback
+    deployed = env.events(MODEL_DEPLOYED)
+    assert [(e["version"], e["previousVersion"]) for e in deployed] == [(v1.version, None), (v2.version, v1.version)]
+    assert all(e["deploySeconds"] > 0 for e in deployed)
+    assert deployed[1]["deploySeconds"] == r2.deploy_seconds
+    env.assert_clean()
+    # no staging model left in the server
+    assert not [m for m in env.control.index() if m["name"] == f"{MODEL}_staging" and m.get("state") == "READY"]
+    print(f"\ndeploy v1 {r1.seconds:.2f} s {r1.steps}\ndeploy v2 under traffic {r2.seconds:.2f} s "
+          f"(flip load call {r2.flip_seconds:.2f} s) {r2.steps}; {len(traffic.records)} requests, 0 failed")
+
+
+def test_failed_deploys_leave_v1_serving(env, tmp_path):
+    v1 = env.candidate(1)
+    env.deployer.deploy("laundry", v1.version, GOLDEN)
+    with Traffic(env.server.grpc_url) as traffic:
+        # 1. a model answering NaN for real photos: rejected by the offline check, nothing written
+        bad = env.registry.register_candidate("laundry", "tiny", {}, "DS-nan", "run-nan", f"file://{env.models['nan']}")
+        with pytest.raises(CandidateRejected) as info:
+            env.deployer.deploy("laundry", bad.version, GOLDEN)
+        assert info.value.step == "check" and info.value.reasons[0]["check"] == "offline_finite"
+        assert env.registry.get("laundry", bad.version).status == "rejected"
+        assert not (env.repo / MODEL / str(bad.triton_version)).exists()
+
+        # 2. serving code that does not answer like the checked artifact (a version folder written
+        #    with a model.py that swaps the classes): Triton's answers differ -> rejected at golden
+        odd = env.candidate(3)
+        code = (env.repo / MODEL / "model.py").read_text()
+        assert "probabilities = self._run(np.stack(images))" in code
+        tampered = tmp_path / "model.py"
+        tampered.write_text(code.replace("probabilities = self._run(np.stack(images))",
+                                         "probabilities = self._run(np.stack(images))[:, ::-1].copy()"))
+        write_version(env.repo, MODEL, odd.triton_version, env.models[3], {"version": odd.version}, code=tampered)
+        with pytest.raises(CandidateRejected) as info:
+            env.deployer.deploy("laundry", odd.version, GOLDEN)
+        report = info.value.report
+        assert info.value.step == "golden" and report.reused_folder and report.outcome == "rejected"
+        assert {r["check"] for r in info.value.reasons} >= {"golden_probabilities", "golden_labels"}
+        mv = env.registry.get("laundry", odd.version)
+        assert mv.status == "rejected" and "golden" in mv.status_reason
+        assert "flip" not in report.steps
+
+        # 3. a version folder already holding other weights: infrastructure failure, stays candidate
+        clash = env.candidate(4)
+        write_version(env.repo, MODEL, clash.triton_version, env.models[5], {"version": clash.version})
+        with pytest.raises(DeployFailed, match="already exists") as info:
+            env.deployer.deploy("laundry", clash.version, GOLDEN)
+        assert info.value.step == "write" and not isinstance(info.value, CandidateRejected)
+        assert env.registry.get("laundry", clash.version).status == "candidate"
+
+        # 4. a missing artifact: infrastructure failure at check
+        gone = env.registry.register_candidate("laundry", "tiny", {}, "DS-x", "run-x", str(tmp_path / "missing.onnx"))
+        with pytest.raises(DeployFailed, match="does not exist") as info:
+            env.deployer.deploy("laundry", gone.version, GOLDEN)
+        assert info.value.step == "check" and env.registry.get("laundry", gone.version).status == "candidate"
+    assert not traffic.errors, traffic.errors[:3]
+    assert {r[2] for r in traffic.records} == {v1.version}
+    failed = env.events(MODEL_VERIFICATION_FAILED)
+    assert [e["version"] for e in failed] == [bad.version, odd.version]
+    assert len(env.events(MODEL_DEPLOYED)) == 1
+    assert env.registry.active("laundry").version == v1.version
+    env.assert_clean()
+
+
+def test_rollback_under_live_traffic(env):
+    v1, v2 = env.candidate(1), env.candidate(2)
+    env.deployer.deploy("laundry", v1.version, GOLDEN)
+    env.deployer.deploy("laundry", v2.version, GOLDEN)
+    with Traffic(env.server.grpc_url) as traffic:
+        time.sleep(0.3)
+        report = env.deployer.rollback("laundry", reason="defect rate doubled")
+    assert not traffic.errors, traffic.errors[:3]
+    assert (report.from_version, report.to_version) == (v2.version, v1.version)
+    assert 0 < report.registry_seconds <= report.seconds <= report.confirmed_seconds <= report.total_seconds
+    flipped_before = [r for r in traffic.records if r[2] == v2.version]
+    assert flipped_before, "traffic before the rollback was served by v2"
+    assert traffic.records[-1][2] == v1.version
+    assert env.registry.active("laundry").version == v1.version
+    assert env.registry.get("laundry", v2.version).status == "rolled_back"
+    [event] = env.events(MODEL_ROLLED_BACK)
+    assert (event["fromVersion"], event["toVersion"], event["reason"]) == (v2.version, v1.version, "defect rate doubled")
+    assert event["seconds"] == pytest.approx(report.seconds, abs=1e-3)
+    env.assert_clean()
+
+    # crash (Triton SIGKILLed, the deployer gone) after the registry committed a rollback of v3:
+    # reconcile goes towards the rollback target
+    v3 = env.candidate(3)
+    env.deployer.deploy("laundry", v3.version, GOLDEN)
+
+    def crash_after_registry(step, seconds):
+        if step == "registry":
+            env.kill()
+            raise Crash(step)
+
+    with pytest.raises(Crash):
+        env.deployer.rollback("laundry", reason="crash test", on_step=crash_after_registry)
+    env.restart()
+    rec = env.deployer.reconcile("laundry")
+    assert rec.active_version == v1.version and rec.served_after == [v1.triton_version], rec
+    assert env.registry.get("laundry", v3.version).status == "rolled_back"
+    assert [e["toVersion"] for e in env.events(MODEL_ROLLED_BACK)] == [v1.version, v1.version]
+    env.assert_clean()
+    print(f"\nrollback: old version serving {report.seconds:.2f} s after the command (registry "
+          f"{report.registry_seconds:.3f} s), answered {report.confirmed_seconds:.2f} s, "
+          f"total {report.total_seconds:.2f} s; {len(traffic.records)} requests, 0 failed")
+
+
+def test_keep_10_archiving_and_restore(env):
+    """12 versions made active one after another in the registry (folders written), the server
+    reconciled to the 12th, then a real deploy of a 13th: the 3 oldest are archived and their folders
+    moved out; rollback and reconcile restore folders from the archive when they are missing."""
+    versions = [env.candidate(seed) for seed in range(1, 13)]
+    for mv in versions:
+        write_version(env.repo, MODEL, mv.triton_version, env.models[int(mv.dataset_id[3:])], {"version": mv.version})
+        env.registry.activate("laundry", mv.version)
+    rec = env.deployer.reconcile("laundry")
+    assert rec.served_before == [] and rec.served_after == [versions[-1].triton_version]
+    v13 = env.candidate(13)
+    report = env.deployer.deploy("laundry", v13.version, GOLDEN)
+    assert report.archived == [v.version for v in versions[:3]]
+    assert sorted(int(p.name) for p in (env.repo / MODEL).iterdir() if p.name.isdigit()) == list(range(4, 14))
+    assert sorted(int(p.name) for p in (env.archive / MODEL).iterdir()) == [1, 2, 3]
+    assert all(env.registry.get("laundry", v.version).status == "archived" for v in versions[:3])
+    env.assert_clean()
+
+    # rollback to v12 whose folder was (by hand) moved to the archive: restored, then served
+    shutil.move(env.repo / MODEL / "12", env.archive / MODEL / "12")
+    back = env.deployer.rollback("laundry", reason="test")
+    assert back.to_version == versions[-1].version and back.restored_from_archive
+    env.assert_clean()
+
+    # the active version's folder gone while the server is down: reconcile restores it
+    env.kill()
+    shutil.move(env.repo / MODEL / "12", env.archive / MODEL / "12")
+    env.restart()
+    rec = env.deployer.reconcile("laundry")
+    assert any("restored" in a for a in rec.actions) and rec.consistency.ok, rec
+    env.assert_clean()
+
+
+def test_recovery_after_sigkill_at_every_step(env):
+    """For each deploy step: SIGKILL Triton when the step ends, the deployer dies too (or, for two
+    steps, carries on against the dead server); restart Triton, reconcile: it serves the registry's
+    active version and consistency() is clean."""
+    v1 = env.candidate(1)
+    env.deployer.deploy("laundry", v1.version, GOLDEN)
+    cases = [(step, True) for step in STEPS] + [("golden", False), ("flip", False)]
+    seed, candidate, timings = 2, None, []
+    for step, deployer_dies in cases:
+        if candidate is None or env.registry.get("laundry", candidate.version).status != "candidate":
+            candidate, seed = env.candidate(seed), seed + 1
+        before = env.registry.active("laundry")
+
+        def on_step(name, seconds, step=step, deployer_dies=deployer_dies):
+            if name == step:
+                env.kill()
+                if step == "write":  # as if write_version had been interrupted too
+                    (env.repo / MODEL / ".tmp-99-deadbeef").mkdir()
+                if deployer_dies:
+                    raise Crash(step)
+
+        if deployer_dies:
+            with pytest.raises(Crash):
+                env.deployer.deploy("laundry", candidate.version, GOLDEN, on_step=on_step)
+        else:
+            with pytest.raises(DeployFailed) as info:
+                env.deployer.deploy("laundry", candidate.version, GOLDEN, on_step=on_step)
+            assert not isinstance(info.value, CandidateRejected)
+        env.restart()
+        started = time.monotonic()
+        rec = env.deployer.reconcile("laundry")
+        timings.append(time.monotonic() - started)
+        active = env.registry.active("laundry")
+        expected = candidate.version if STEPS.index(step) >= STEPS.index("activate") else before.version
+        assert active.version == expected, (step, deployer_dies)
+        assert rec.consistency.ok, (step, rec)
+        assert rec.served_after == [active.triton_version]
+        env.assert_clean()
+        if step == "write":
+            assert any(".tmp-99-deadbeef" in a for a in rec.actions)
+        if step in ("stage", "golden") and deployer_dies:
+            assert any(f"{MODEL}_staging" in f for f in rec.found), rec.found
+        if expected == before.version:
+            assert env.registry.get("laundry", candidate.version).status == "candidate"
+    # the candidate that survived the last crashes deploys normally, reusing its folder
+    if env.registry.get("laundry", candidate.version).status == "candidate":
+        report = env.deployer.deploy("laundry", candidate.version, GOLDEN)
+        assert report.reused_folder
+        env.assert_clean()
+    print(f"\nreconcile after restart: {min(timings):.2f}-{max(timings):.2f} s over {len(timings)} crashes")
