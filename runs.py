@@ -13,6 +13,12 @@ def laundry_job():
     return defs.resolve_job_def("laundry_training")
 
 
+def laundry_retrain_job():
+    from definitions import defs
+
+    return defs.resolve_job_def("laundry_retrain")
+
+
 def training_run_config(copies: int = 5, max_epochs: int = 50, lr: float = 1e-3, max_retries: int = 3,
                         holdout_min_per_class: int = 10, **training) -> dict:
     return {"ops": {
@@ -22,8 +28,9 @@ def training_run_config(copies: int = 5, max_epochs: int = 50, lr: float = 1e-3,
 
 
 def run_laundry_training(instance, first_day: str, last_day: str, run_config: dict, raise_on_error: bool = False,
-                         tags: dict | None = None):
-    return dg.execute_job(dg.reconstructable(laundry_job), instance=instance, run_config=run_config,
+                         tags: dict | None = None, deploy: bool = False):
+    job = laundry_retrain_job if deploy else laundry_job
+    return dg.execute_job(dg.reconstructable(job), instance=instance, run_config=run_config,
                           tags={RANGE_START: first_day, RANGE_END: last_day, **(tags or {})},
                           raise_on_error=raise_on_error)
 

@@ -1,0 +1,222 @@
+"""`make demo`: the whole loop on the embedded profile, start to finish, leaving nothing running.
+
+1. replication: the ingestion endpoint, the simulator's history through it, what landed in Feast;
+2. Triton starts and the first laundry model is trained from that history, gated and deployed;
+3. live traffic: the Helper app asks Triton for verdicts (HTTP and gRPC) while new tasks arrive
+   whose AI verdict comes from the served model; the branch managers' corrections flow back in;
+4. the correction sensor fires, the new model is trained, passes its gates and is hot-swapped
+   under that live traffic; holdout accuracy before and after, and failed requests, are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import sys
+import threading
+import time
+import warnings
+from datetime import datetime, timedelta, timezone
+
+# The demo's retraining thresholds: production defaults are 100 corrections and 7 days (or 300).
+DEMO_ENV = {"GYMOPS_RETRAIN_MIN_CORRECTIONS": "25", "GYMOPS_RETRAIN_URGENT_CORRECTIONS": "25"}
+
+
+def step(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+class LiveTraffic:
+    """The Helper app: threads asking the served model for verdicts, counting every failure."""
+
+    def __init__(self, grpc_url: str, http_url: str, photos: list[bytes], threads: int = 2):
+        from gymops.serving.client import LaundryClient
+
+        self.clients = [LaundryClient(grpc_url, "grpc", retries=0), LaundryClient(http_url, "http", retries=0)]
+        self.photos, self.stop_flag = photos, threading.Event()
+        self.requests = self.failed = 0
+        self.versions: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, i: int) -> None:
+        client, rng = self.clients[i % 2], random.Random(i)
+        while not self.stop_flag.is_set():
+            try:
+                verdict = client.classify(rng.choice(self.photos))
+                with self.lock:
+                    self.requests += 1
+                    self.versions[verdict.model_version] = self.versions.get(verdict.model_version, 0) + 1
+            except Exception:
+                with self.lock:
+                    self.requests += 1
+                    self.failed += 1
+            time.sleep(0.05)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join(10)
+
+
+def holdout_accuracy(result) -> float | None:
+    import runs
+
+    meta = runs.metadata(result, "candidate_model")
+    return meta.get("holdout_accuracy")
+
+
+def report_run(result, title: str) -> None:
+    import runs
+
+    checks = runs.check_results(result)
+    print(f"   {title}: run {result.run_id[:8]} {'succeeded' if result.success else 'FAILED'}")
+    for name, evaluation in checks.items():
+        print(f"      gate {name:28} {'pass' if evaluation.passed else 'FAIL'}")
+    cand = runs.metadata(result, "candidate_model")
+    if cand:
+        print(f"      candidate {cand['version']}: holdout accuracy {cand['holdout_accuracy']:.3f}, "
+              f"per class {json.dumps(cand['holdout_per_class_accuracy'])}")
+    dep = runs.metadata(result, "deployed_model")
+    if dep:
+        print(f"      deployed {dep['version']} (Triton version {dep['triton_version']}) in {dep['deploy_seconds']:.2f} s, "
+              f"previous {dep['previous_version']}")
+
+
+def main(argv=None) -> int:
+    warnings.filterwarnings("ignore")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=300, help="laundry tasks in the first week of history")
+    parser.add_argument("--live-tasks", type=int, default=400, help="tasks confirmed while the first model serves")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    os.environ.update({k: os.environ.get(k, v) for k, v in DEMO_ENV.items()})
+
+    import dagster as dg
+
+    import runs
+    from gymops import demo as replication
+    from gymops import processes
+    from gymops.config import load_settings
+    from gymops.dagster_home import prepare
+    from gymops.photos import photo_store_for
+    from gymops.serving.client import LaundryClient
+    from gymops.serving.server import TritonServer
+    from gymops.serving.settings import serving_settings
+    from gymops.simulator.send import HttpSender
+    from gymops.simulator.traffic import TrafficConfig, generate
+
+    began = time.monotonic()
+    settings = load_settings()
+    os.environ.update(settings.environment())
+    os.environ["DAGSTER_HOME"] = str(prepare(settings))
+
+    replication.run(settings, argparse.Namespace(tasks=args.tasks, seed=args.seed))
+
+    ss = serving_settings(settings)
+    step(f"starting Triton (explicit model control) on {ss.http_url} (HTTP) / {ss.grpc_url} (gRPC)")
+    server = TritonServer.from_settings(ss).start()
+    ingest = None
+    try:
+        from gymops.deploy import Deployer
+        from gymops.db import engine_for
+        from gymops.outbox import Outbox
+        from gymops.registry import ModelRegistry
+
+        engine = engine_for(settings)
+        registry = ModelRegistry(engine, outbox=Outbox(engine))
+        Deployer.for_settings(registry, ss).reconcile("laundry")  # a re-run serves the last active version again
+        instance = dg.DagsterInstance.get()
+        today = datetime.now(timezone.utc).date()
+        first_day = (today - timedelta(days=8)).isoformat()
+
+        before = registry.active("laundry")
+        if before is None:
+            step("training the first laundry model from the simulator's history (Dagster: laundry_retrain)")
+            first = runs.run_laundry_training(instance, first_day, today.isoformat(), runs.training_run_config(),
+                                              deploy=True, tags={"gymops/trigger": "demo: first model"})
+            report_run(first, "first model")
+            if not first.success:
+                print("   the first model did not pass its gates: nothing is served; see the gates above")
+                return 1
+        else:
+            print(f"\n== the registry already has an active model ({before.version}); serving it again")
+        v1 = registry.active("laundry")
+        v1_holdout = v1.metrics["holdout"]["accuracy"]
+
+        store = photo_store_for(settings)
+        photos = [store.get(url) for url in _sample_urls(settings, 32)]
+        ingest_settings = dataclasses.replace(settings, ingest_port=replication._free_port(settings.ingest_port))
+        log = settings.home / "logs" / "demo-ingest.log"
+        ingest = processes.start(ingest_settings, "serve-ingest", log=log)
+        base = f"http://{ingest_settings.ingest_host}:{ingest_settings.ingest_port}"
+        processes.wait_http(base + "/healthz", ingest, log)
+
+        with LiveTraffic(ss.grpc_url, ss.http_url, photos) as traffic:
+            step(f"live traffic on {v1.version}; {args.live_tasks} new tasks judged by the served model, "
+                 "confirmed or corrected by branch managers")
+            client = LaundryClient(ss.grpc_url, "grpc")
+            now = datetime.now(timezone.utc)
+            cfg = TrafficConfig(seed=args.seed + 1000 + int(time.time()) % 1000, tasks=args.live_tasks, members=1,
+                                entries=0, branches=3, start=now - timedelta(minutes=30), span=timedelta(minutes=29))
+            events = list(generate(store, cfg, ai_verdict=client.ai_verdict))
+            sent = HttpSender(base, ingest_settings.ingest_token).send(events)
+            corrected = sum(1 for e in events if e.get("corrected"))
+            served_by = {e.get("aiModelVersion") for e in events if e["eventType"] == "TaskConfirmedEvent"}
+            print(f"   {sent['stored']} events stored; {corrected} corrections of the served model "
+                  f"(aiModelVersion {', '.join(sorted(served_by))})")
+
+            step("the correction sensor evaluates (thresholds for the demo: "
+                 f"{DEMO_ENV['GYMOPS_RETRAIN_MIN_CORRECTIONS']} corrections; production: 100 and 7 days, or 300)")
+            from definitions import defs
+            from resources.feast import FeastResource
+            from resources.registry import RegistryResource
+
+            sensor = defs.get_sensor_def("laundry_corrections_sensor")
+            context = dg.build_sensor_context(instance=instance,
+                                              resources={"feast": FeastResource(), "registry": RegistryResource()})
+            tick = sensor.evaluate_tick(context)
+            if not tick.run_requests:
+                print(f"   sensor skipped: {tick.skip_message}")
+                return 1
+            request = tick.run_requests[0]
+            print(f"   sensor fired: {request.tags['gymops/trigger']} -> run key {request.run_key}")
+            step("retraining, gating and hot-swapping under live traffic (Dagster: laundry_retrain)")
+            second = runs.run_laundry_training(
+                instance, request.tags[runs.RANGE_START], request.tags[runs.RANGE_END], runs.training_run_config(),
+                deploy=True, tags={"dagster/run_key": request.run_key, "gymops/trigger": request.tags["gymops/trigger"]})
+            report_run(second, "retrained model")
+            time.sleep(1.0)
+        after = registry.active("laundry")
+
+        step("result")
+        print(f"   holdout accuracy (frozen holdout): before {v1_holdout:.3f} ({v1.version}) -> "
+              f"after {after.metrics['holdout']['accuracy']:.3f} ({after.version})")
+        print(f"   live requests during the demo: {traffic.requests}, failed: {traffic.failed}; "
+              f"served by version: {json.dumps(traffic.versions)}")
+        print(f"   registry: active {after.version}; previous {after.previous_version} kept loadable for `gymops rollback`")
+    finally:
+        if ingest is not None:
+            processes.stop(ingest)
+        server.stop()
+    print(f"\ndemo finished in {time.monotonic() - began:.0f} s; nothing left running "
+          f"(the Dagster runs are in {os.environ['DAGSTER_HOME']}: `make up` shows them)")
+    return 0
+
+
+def _sample_urls(settings, n: int) -> list[str]:
+    from gymops import history
+
+    rows = history.history_for(settings, history.TASK_CONFIRMATIONS).read().to_pandas()
+    return list(rows.photo_url.head(n))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
