@@ -11,6 +11,7 @@ from gymops.ml.train import TrainConfig, train
 from resources.pipeline import PipelineStore
 
 MIN_BALANCED_ACCURACY = 0.6  # below this on validation the training did not learn: retry it
+COIN_TOSS_LOSS = math.log(2)  # cross-entropy of always answering 50/50
 
 
 class TrainingConfig(dg.Config):
@@ -52,6 +53,9 @@ def learned(metrics: dict, curves: list) -> str | None:
     losses = [row.get("train_loss") for row in curves]
     if not losses or any(v is None or not math.isfinite(v) for v in losses):
         return f"training loss is not finite ({losses[-3:]})"
+    val_losses = [row["val_loss"] for row in curves if row.get("val_loss") is not None]
+    if not val_losses or not min(val_losses) < COIN_TOSS_LOSS:
+        return f"best validation loss {min(val_losses, default=float('nan')):.3g} never beat a coin toss ({COIN_TOSS_LOSS:.3f})"
     per_class = metrics.get("per_class_accuracy", {})
     balanced = sum(per_class.values()) / max(len(per_class), 1)
     if balanced < MIN_BALANCED_ACCURACY:
