@@ -1,0 +1,122 @@
+"""Classification metrics, and the evaluation of an exported ONNX model on a labelled set.
+
+Label order everywhere: [good, defective] (0, 1); "positive" means defective. The confusion matrix
+is [[tn, fp], [fn, tp]] = [[good->good, good->defective], [defective->good, defective->defective]].
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from gymops.events import DEFECTIVE, GOOD, LABELS
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+
+def _labels_to_int(labels: Sequence[Any] | np.ndarray) -> np.ndarray:
+    arr = np.asarray(labels)
+    if arr.dtype.kind in "US":
+        index = {GOOD: 0, DEFECTIVE: 1}
+        try:
+            return np.array([index[str(v)] for v in arr], dtype=np.int64)
+        except KeyError as exc:
+            raise ValueError(f"unknown label {exc.args[0]!r} (expected {LABELS})") from None
+    arr = arr.astype(np.int64)
+    if arr.size and not np.isin(arr, (0, 1)).all():
+        raise ValueError("integer labels must be 0 (good) or 1 (defective)")
+    return arr
+
+
+def _auc(scores: np.ndarray, y: np.ndarray) -> float | None:
+    """Area under the ROC curve (Mann-Whitney, ties count half); None when a class is absent."""
+    pos, neg = scores[y == 1], scores[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    order = np.argsort(np.concatenate([neg, pos]), kind="mergesort")
+    allscores = np.concatenate([neg, pos])[order]
+    ranks = np.empty(len(allscores), dtype=np.float64)
+    # average ranks over ties
+    i = 0
+    while i < len(allscores):
+        j = i
+        while j + 1 < len(allscores) and allscores[j + 1] == allscores[i]:
+            j += 1
+        ranks[i:j + 1] = (i + j) / 2 + 1
+        i = j + 1
+    is_pos = np.concatenate([np.zeros(len(neg)), np.ones(len(pos))])[order].astype(bool)
+    return float((ranks[is_pos].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def classification_metrics(p_defective: np.ndarray, labels: Sequence[Any] | np.ndarray,
+                           threshold: float = 0.5) -> dict[str, Any]:
+    """accuracy, per_class_accuracy {good, defective}, f1 (defective), auc, confusion, n, threshold.
+
+    A photo is predicted defective when p_defective >= threshold. A class absent from ``labels`` has
+    per-class accuracy None; auc is None unless both classes are present."""
+    p = np.asarray(p_defective, dtype=np.float64).reshape(-1)
+    y = _labels_to_int(labels).reshape(-1)
+    if len(p) != len(y):
+        raise ValueError(f"{len(p)} scores but {len(y)} labels")
+    pred = (p >= threshold).astype(np.int64)
+    tn = int(((pred == 0) & (y == 0)).sum())
+    fp = int(((pred == 1) & (y == 0)).sum())
+    fn = int(((pred == 0) & (y == 1)).sum())
+    tp = int(((pred == 1) & (y == 1)).sum())
+    n = len(y)
+    f1_den = 2 * tp + fp + fn
+    return {
+        "accuracy": (tp + tn) / n if n else None,
+        "per_class_accuracy": {
+            GOOD: tn / (tn + fp) if tn + fp else None,
+            DEFECTIVE: tp / (tp + fn) if tp + fn else None,
+        },
+        "f1": 2 * tp / f1_den if f1_den else 0.0,
+        "auc": _auc(p, y),
+        "confusion": [[tn, fp], [fn, tp]],
+        "labels": list(LABELS),
+        "n": n,
+        "threshold": threshold,
+    }
+
+
+def onnx_session(onnx_path: Path | str, threads: int = 2):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def predict_onnx(onnx_path: Path | str, arrays: np.ndarray, threads: int = 2, batch: int = 32,
+                 session=None) -> np.ndarray:
+    """float32 (N, 2) probabilities [good, defective]. ``arrays``: float32 (N, 3, S, S) model input,
+    or uint8 (N, S, S, 3) resized RGB (normalised here with gymops.ml.preprocess.normalise)."""
+    from gymops.ml.preprocess import normalise
+
+    sess = session or onnx_session(onnx_path, threads)
+    name = sess.get_inputs()[0].name
+    out = []
+    for i in range(0, len(arrays), batch):
+        chunk = np.asarray(arrays[i:i + batch])
+        x = normalise(chunk) if chunk.dtype == np.uint8 else np.ascontiguousarray(chunk, dtype=np.float32)
+        out.append(sess.run(None, {name: x})[0])
+    return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
+
+
+def evaluate_onnx(onnx_path: Path | str, arrays: np.ndarray, labels: Sequence[Any] | np.ndarray,
+                  threads: int = 2) -> dict[str, Any]:
+    """Metrics of the ONNX model on (arrays, labels): see classification_metrics; plus seconds and
+    per-image milliseconds. The model's own decision rule is argmax, i.e. p_defective >= 0.5."""
+    started = time.perf_counter()
+    probs = predict_onnx(onnx_path, arrays, threads=threads)
+    seconds = time.perf_counter() - started
+    metrics = classification_metrics(probs[:, 1], labels, 0.5)
+    metrics["seconds"] = round(seconds, 3)
+    metrics["ms_per_image"] = round(1000 * seconds / max(len(probs), 1), 3)
+    return metrics
