@@ -24,9 +24,9 @@ def environ(values: dict[str, str]):
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
-def tiny_run_config(epochs: int = 12, lr: float = 1e-3, max_retries: int = 3, **training) -> dict:
-    return training_run_config(copies=2, max_epochs=epochs, lr=lr, max_retries=max_retries, holdout_min_per_class=4,
-                               patience=4, **training)
+def tiny_run_config(epochs: int = 15, lr: float = 1e-3, max_retries: int = 3, **training) -> dict:
+    return training_run_config(copies=3, max_epochs=epochs, lr=lr, max_retries=max_retries, holdout_min_per_class=5,
+                               patience=epochs, **training)
 
 
 def run_training(instance, first: str, last: str, run_config: dict, raise_on_error: bool = False):

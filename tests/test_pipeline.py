@@ -20,7 +20,7 @@ def pipeline_env(tmp_path_factory):
     settings = settings_with(profile="embedded", home=tmp_path_factory.mktemp("pipeline"), ingest_token="t")
     feature_store.apply(settings)
     with environ({**settings.environment(), **LENIENT_GATES}):
-        first, last = ingest_simulated_history(settings, tasks=90, days=3)
+        first, last = ingest_simulated_history(settings, tasks=160, days=3)
         with dg.instance_for_test(temp_dir=str(tmp_path_factory.mktemp("dagster"))) as instance:
             yield settings, instance, first, last
 
