@@ -21,7 +21,7 @@ import warnings
 from datetime import datetime, timedelta, timezone
 
 # The demo's retraining thresholds: production defaults are 100 corrections and 7 days (or 300).
-DEMO_ENV = {"GYMOPS_RETRAIN_MIN_CORRECTIONS": "25", "GYMOPS_RETRAIN_URGENT_CORRECTIONS": "25"}
+DEMO_ENV = {"GYMOPS_RETRAIN_MIN_CORRECTIONS": "15", "GYMOPS_RETRAIN_URGENT_CORRECTIONS": "15"}
 
 
 def step(text: str) -> None:
@@ -53,7 +53,7 @@ class LiveTraffic:
                 with self.lock:
                     self.requests += 1
                     self.failed += 1
-            time.sleep(0.05)
+            time.sleep(0.2)  # ~10 requests/s per thread: live, but leaving the CPU to training
 
     def __enter__(self):
         for t in self.threads:
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=300, help="laundry tasks in the first week of history")
-    parser.add_argument("--live-tasks", type=int, default=400, help="tasks confirmed while the first model serves")
+    parser.add_argument("--live-tasks", type=int, default=500, help="tasks confirmed while the first model serves")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     os.environ.update({k: os.environ.get(k, v) for k, v in DEMO_ENV.items()})
