@@ -23,15 +23,20 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
-def _point_in_time(store, entities: pd.DataFrame) -> pd.DataFrame:
+def point_in_time(store, entities: pd.DataFrame, features: list[str], columns: list[str]) -> pd.DataFrame:
+    """Feast's offline features of each (entity, event_timestamp, created) row, as of that time."""
     if entities.empty:
-        return pd.DataFrame(columns=COLUMNS)
+        return pd.DataFrame(columns=columns)
     frame = store.get_historical_features(
-        entity_df=entities.rename(columns={"created": "ingested_at"}), features=FEATURES,
+        entity_df=entities.rename(columns={"created": "ingested_at"}), features=features,
     ).to_df().rename(columns={"ingested_at": "created"})  # Feast reserves "created" for its own column
     for col in ("event_timestamp", "created"):
         frame[col] = pd.to_datetime(frame[col], utc=True)
-    frame = frame[COLUMNS].sort_values(["event_timestamp", "task_id"]).reset_index(drop=True)
+    return frame[columns].sort_values(["event_timestamp", columns[0]]).reset_index(drop=True)
+
+
+def _point_in_time(store, entities: pd.DataFrame) -> pd.DataFrame:
+    frame = point_in_time(store, entities, FEATURES, COLUMNS)
     frame["corrected"] = frame["corrected"].astype(bool)
     return frame
 

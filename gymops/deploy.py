@@ -48,7 +48,6 @@ so two deployers never interleave; the lock dies with its process.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import io
 import json
 import logging
@@ -66,7 +65,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from gymops.registry import ACTIVE, ARCHIVED, CANARY, CANDIDATE, KEEP_LOADABLE, RETIRED, ModelVersion
-from gymops.serving.control import (CODE_FILE, METADATA_FILE, ONNX_FILE, ControlError, pinned_config,
+from gymops.serving.control import (CODE_FILE, METADATA_FILE, ONNX_FILE, ControlError, pinned_config, sha256_file,
                                     template_config, write_version)
 
 log = logging.getLogger(__name__)
@@ -192,14 +191,6 @@ class ReconcileReport:
 
 # --------------------------------------------------------------------------------------------------
 # Files
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def artifact_path(uri: str) -> Path:
     """The local path of a registry artifact_uri (a plain path or a file:// URI)."""

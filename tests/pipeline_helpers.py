@@ -9,8 +9,11 @@ import runs
 from gymops.simulator.history import ingest_simulated_history
 from runs import laundry_job, materialisations as materialised, run_laundry_training, training_run_config
 
+# Tiny trainings on a busy 2-core machine: the pipeline's behaviour is under test here, not the
+# design's thresholds (bench/pipeline.py measures those on the real workload).
 LENIENT_GATES = {"GYMOPS_GATE_VAL_ACCURACY": "0.6", "GYMOPS_GATE_HOLDOUT_ACCURACY": "0.6",
-                 "GYMOPS_GATE_CLASS_ACCURACY": "0.4"}
+                 "GYMOPS_GATE_CLASS_ACCURACY": "0.4", "GYMOPS_GATE_THROUGHPUT_RPS": "5",
+                 "GYMOPS_GATE_LATENCY_MS": "1000", "GYMOPS_GATE_PERF_REQUESTS": "200"}
 
 
 @contextmanager

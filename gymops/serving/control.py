@@ -95,7 +95,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -135,7 +135,7 @@ def write_version(repository: Path, model: str, version: int, onnx_path: Path, m
         shutil.copyfile(onnx_path, tmp / ONNX_FILE)
         shutil.copyfile(code, tmp / CODE_FILE)
         full = {"labels": ["good", "defective"], "image_size": 224, **meta, "version": semver,
-                "triton_version": version, "onnx_file": ONNX_FILE, "onnx_sha256": _sha256(tmp / ONNX_FILE),
+                "triton_version": version, "onnx_file": ONNX_FILE, "onnx_sha256": sha256_file(tmp / ONNX_FILE),
                 "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         (tmp / METADATA_FILE).write_text(json.dumps(full, indent=2, sort_keys=True, default=str) + "\n")
         for name in (ONNX_FILE, CODE_FILE, METADATA_FILE):
