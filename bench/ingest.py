@@ -38,7 +38,6 @@ import multiprocessing as mp
 import os
 import platform
 import shutil
-import signal
 import socket
 import sqlite3
 import sys
@@ -123,6 +122,79 @@ def latency_summary(values: list[float]) -> dict:
         "p99_s": round(pct(values, 99), 4), "max_s": round(max(values), 4),
         "mean_s": round(sum(values) / len(values), 4),
     }
+
+
+def machine_cpu() -> list[int]:
+    """The aggregate line of /proc/stat: user nice system idle iowait irq softirq steal (ticks)."""
+    with contextlib.suppress(OSError):
+        return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return []
+
+
+def machine_usage(before: list[int], after: list[int]) -> dict:
+    """Busy and steal shares of all CPUs between two machine_cpu() readings: other load on the box
+    (or a noisy hypervisor neighbour) shows up here and explains a slow run."""
+    if not before or not after:
+        return {}
+    d = [b - a for a, b in zip(before, after)]
+    total = sum(d) or 1
+    idle = d[3] + d[4]
+    return {"busy_pct": round(100 * (total - idle) / total, 1), "steal_pct": round(100 * d[7] / total, 1)}
+
+
+def background_load(seconds: float = 2.0) -> dict:
+    """The machine's CPU use while this benchmark runs nothing: load from other work on the box."""
+    before = machine_cpu()
+    time.sleep(seconds)
+    return machine_usage(before, machine_cpu())
+
+
+SERVICE_DAEMONS = {"postgres", "beam.smp", "redis-server", "erl_child_setup", "epmd", "inet_gethost"}
+
+
+def cpu_attribution() -> dict:
+    """CPU seconds so far of this benchmark's process tree and of the service daemons it drives
+    (PostgreSQL, RabbitMQ, Redis), each with its reaped children; and the machine's busy seconds.
+    The difference of two readings leaves the CPU that other work on the machine took."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs: dict[int, tuple[int, str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            raw = (entry / "stat").read_text()
+            comm = raw[raw.index("(") + 1: raw.rindex(")")]
+            f = raw.rsplit(")", 1)[1].split()
+            procs[int(entry.name)] = (int(f[1]), comm, sum(int(x) for x in f[11:15]) / tick)
+    mine, frontier = set(), [os.getpid()]
+    while frontier:
+        pid = frontier.pop()
+        mine.add(pid)
+        frontier.extend(p for p, (ppid, _, _) in procs.items() if ppid == pid and p not in mine)
+    usage = machine_cpu()
+    busy = (sum(usage) - usage[3] - usage[4]) / tick if usage else 0.0
+    return {"bench": sum(procs[p][2] for p in mine if p in procs),
+            "services": sum(c for p, (_, comm, c) in procs.items() if comm in SERVICE_DAEMONS and p not in mine),
+            "busy": busy}
+
+
+def cpu_split(before: dict, after: dict, seconds: float) -> dict:
+    """Average CPUs in use during a run: by the benchmark's processes, by the service daemons and by
+    everything else (other work on the machine: nonzero means the figures were taken under load)."""
+    if not before or not after or seconds <= 0:
+        return {}
+    d = {k: after[k] - before[k] for k in before}
+    other = max(0.0, d["busy"] - d["bench"] - d["services"])
+    return {"bench_cpus": round(d["bench"] / seconds, 2), "services_cpus": round(d["services"] / seconds, 2),
+            "other_cpus": round(other / seconds, 2), "of_cpus": os.cpu_count()}
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a live process."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
 
 
 def _tail(path: Path, n: int = 3000) -> str:
@@ -246,6 +318,8 @@ def run_amqp(settings, label: str, events: int, rate: float, publishers: int, po
     workers: list = []
     try:
         wait_log(logfile, f"consuming {settings.rabbitmq_queue}", proc, 180)
+        cpu_before, consumer_before = machine_cpu(), process_cpu_s(proc.pid)
+        split_before, split_t = cpu_attribution(), time.monotonic()
         ctx = mp.get_context("spawn")
         progress = ctx.Array("q", publishers, lock=False)
         result_q = ctx.Queue()
@@ -293,13 +367,15 @@ def run_amqp(settings, label: str, events: int, rate: float, publishers: int, po
         while len(results) < publishers and not result_q.empty():
             results.append(result_q.get())
         time.sleep(max(1.0, 3 * poll_s))  # let any redelivery (a duplicate) land before counting
+        cpu_after, consumer_after = machine_cpu(), process_cpu_s(proc.pid)
+        split = cpu_split(split_before, cpu_attribution(), time.monotonic() - split_t)
     finally:
-        poller.stop()
+        code = processes.stop(proc)  # first, whatever else fails: never leave a consumer running
         for p in workers:
             if p.is_alive():
                 p.terminate()
                 p.join(5)
-        code = processes.stop(proc)
+        poller.stop()
     if code != 0:
         log(f"{label}: consumer exited {code}:\n{_tail(logfile)}")
 
@@ -311,6 +387,10 @@ def run_amqp(settings, label: str, events: int, rate: float, publishers: int, po
     visible = [t - publish_time(e) for e, (t, _) in seen.items()]
     created = [c - publish_time(e) for e, (_, c) in seen.items()]
     last_visible = max((t for t, _ in seen.values()), default=float("nan"))
+    # The longest time without a new row while events were still due: a stall anywhere on the path.
+    moments = sorted({t for t, _ in seen.values()})
+    gaps = [(b - a, a - first_pub) for a, b in zip(moments, moments[1:])]
+    longest = max(gaps, default=(0.0, 0.0))
     span = last_visible - first_pub
     batches = sum(1 for line in _tail(logfile, 50_000_000).splitlines() if "batch: {" in line)
     out = {
@@ -326,14 +406,22 @@ def run_amqp(settings, label: str, events: int, rate: float, publishers: int, po
         "latency_visible": latency_summary(visible),
         "latency_created": latency_summary(created),
         "poll_interval_s": poll_s, "polls": poller.polls,
+        "longest_gap_s": round(longest[0], 3), "longest_gap_at_s": round(longest[1], 1),
+        "consumer_cpu_s": round(consumer_after - consumer_before, 2)
+        if consumer_after is not None and consumer_before is not None else None,
+        "machine_cpu": machine_usage(cpu_before, cpu_after),
+        "cpu_split": split,
         "consumer_batches": batches,
         "mean_batch": round(distinct / batches, 1) if batches else None,
         "consumer_exit": code,
     }
+    if out["consumer_cpu_s"]:
+        out["events_per_consumer_cpu_s"] = round(distinct / out["consumer_cpu_s"], 1)
     if len(seen) != distinct:
         out["not_seen_by_poller"] = distinct - len(seen)
     log(f"{label}: {out['events_per_s']} ev/s, lost {out['lost']}, duplicated {out['duplicated']}, "
-        f"p99 visible {out['latency_visible'].get('p99_s')} s")
+        f"p99 visible {out['latency_visible'].get('p99_s')} s, consumer CPU {out['consumer_cpu_s']} s, "
+        f"CPUs in use {out['cpu_split']}")
     return out
 
 
@@ -398,14 +486,15 @@ def bench_amqp(args, tag: str, workdir: Path) -> dict:
         t = time.monotonic()
         feature_store.apply(settings)
         log(f"services profile applied (database {settings.pg_database}) in {time.monotonic() - t:.1f} s")
+        # The baseline first, on the empty table (no autovacuum of the big runs' rows under it).
+        if args.baseline_events:
+            out["amqp_baseline"] = run_amqp(baseline, "amqp_baseline", args.baseline_events, args.baseline_rate,
+                                            1, args.poll_ms / 1000, args.stall_s, workdir, tag)
         out["amqp"] = run_amqp(settings, "amqp", args.events, args.rate, args.publishers, args.poll_ms / 1000,
                                args.stall_s, workdir, tag)
         if args.max_events:
             out["amqp_max"] = run_amqp(flat_out, "amqp_max", args.max_events, 0, args.max_publishers,
                                        args.poll_ms / 1000, args.stall_s, workdir, tag)
-        if args.baseline_events:
-            out["amqp_baseline"] = run_amqp(baseline, "amqp_baseline", args.baseline_events, args.baseline_rate,
-                                            1, args.poll_ms / 1000, args.stall_s, workdir, tag)
         keys = online_keys_redis(settings.feast_project)
         expected = sum(r["stored_distinct"] for r in out.values())
         out["checks"] = {"online_store_keys": len(keys), "offline_distinct": expected,
@@ -417,7 +506,7 @@ def bench_amqp(args, tag: str, workdir: Path) -> dict:
             log(f"--keep: leaving database {settings.pg_database}, queues and Redis keys in place")
         else:
             drop_services(settings, [settings.rabbitmq_queue, flat_out.rabbitmq_queue, baseline.rabbitmq_queue], keys)
-            log(f"dropped database {settings.pg_database}, queues and {len(keys or [])} Redis keys")
+            log(f"dropped database {settings.pg_database} and the queues" + (f" and {len(keys)} Redis keys" if keys else ""))
     return out
 
 
@@ -464,6 +553,8 @@ def run_http(settings, label: str, events: int, threads: int, batch: int, workdi
 
     try:
         processes.wait_http(url + "/healthz", proc, logfile, timeout=180)
+        cpu_before, server_before = machine_cpu(), process_cpu_s(proc.pid)
+        split_before, split_t = cpu_attribution(), time.monotonic()
         pool = [threading.Thread(target=client, args=(w,), daemon=True) for w in range(threads)]
         began = time.time()
         for t in pool:
@@ -478,6 +569,8 @@ def run_http(settings, label: str, events: int, threads: int, batch: int, workdi
             if proc.poll() is not None:
                 raise RuntimeError(f"serve-ingest exited {proc.returncode}:\n{_tail(logfile)}")
         ended = time.time()
+        cpu_after, server_after = machine_cpu(), process_cpu_s(proc.pid)
+        split = cpu_split(split_before, cpu_attribution(), time.monotonic() - split_t)
     finally:
         code = processes.stop(proc)
     if errors:
@@ -497,10 +590,17 @@ def run_http(settings, label: str, events: int, threads: int, batch: int, workdi
         "lost": events - distinct, "duplicated": len(mine) - distinct,
         "seconds": round(span, 3), "events_per_s": round(distinct / span, 1) if span > 0 else None,
         "requests": len(request_s), "request_latency": latency_summary(request_s),
+        "server_cpu_s": round(server_after - server_before, 2)
+        if server_after is not None and server_before is not None else None,
+        "machine_cpu": machine_usage(cpu_before, cpu_after),
+        "cpu_split": split,
         "server_exit": code,  # uvicorn >= 0.29 re-raises SIGTERM after its graceful shutdown: -15
     }
+    if out["server_cpu_s"]:
+        out["events_per_server_cpu_s"] = round(distinct / out["server_cpu_s"], 1)
     log(f"{label}: {out['events_per_s']} ev/s, lost {out['lost']}, duplicated {out['duplicated']}, "
-        f"request p99 {out['request_latency'].get('p99_s')} s")
+        f"request p99 {out['request_latency'].get('p99_s')} s, server CPU {out['server_cpu_s']} s, "
+        f"CPUs in use {out['cpu_split']}")
     return out
 
 
@@ -533,6 +633,19 @@ def bench_http(args, tag: str, workdir: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+
+def _figure_args(argv: list[str]) -> list[str]:
+    """The arguments that shape the figures (not where they are written)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            out.append(arg)
+    return out
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -571,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix=f"gymops-bench-{tag}-"))
     began = time.time()
     log(f"tag {tag}, work dir {workdir}")
+    quiet_before = background_load()
+    log(f"background CPU load before the runs: {quiet_before}")
     paths: dict = {}
     try:
         if not args.skip_amqp:
@@ -583,13 +698,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
+    quiet_after = background_load()
+    log(f"background CPU load after the runs: {quiet_after}")
     result: dict = {
         "benchmark": "ingest",
-        "command": "python bench/ingest.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python bench/ingest.py", *_figure_args(sys.argv[1:] if argv is None else argv)]),
         "started": datetime.fromtimestamp(began, timezone.utc).isoformat(timespec="seconds"),
         "wall_s": round(time.time() - began, 1),
         "machine": {"cpus": os.cpu_count(), "gpu": None, "python": platform.python_version(),
-                    "platform": platform.platform()},
+                    "platform": platform.platform(),
+                    # Busy share of both CPUs with none of this benchmark running: other work on the
+                    # machine competes with every run, so compare figures taken at a low load only.
+                    "background_busy_before": quiet_before, "background_busy_after": quiet_after},
     }
     head = paths.get("amqp")
     if head:
@@ -613,6 +733,9 @@ def main(argv: list[str] | None = None) -> int:
     http, http_base = paths.get("http"), paths.get("http_baseline")
     if http and http_base and http_base.get("events_per_s"):
         result["http_ratio"] = round(http["events_per_s"] / http_base["events_per_s"], 1)
+    others = {k: v["cpu_split"]["other_cpus"] for k, v in paths.items() if v.get("cpu_split")}
+    # Other work took more than a tenth of a CPU on average during some run: its figures are low.
+    result["contended"] = {"any": any(v > 0.1 for v in others.values()), "other_cpus_by_path": others}
     result["paths"] = paths
     text = json.dumps(result, indent=2)
     print(text)
