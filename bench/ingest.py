@@ -52,6 +52,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from gymops.config import settings_with  # noqa: E402  (after the path set-up above)
+
 RESULTS = ROOT / "bench" / "results" / "ingest.json"
 TABLE = "task_confirmations"
 
@@ -63,23 +65,6 @@ def log(msg: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # Settings, events, statistics
 # ----------------------------------------------------------------------------------------------
-
-def settings_with(**env):
-    """Settings as load_settings() reads them with these GYMOPS_* variables set (env restored)."""
-    from gymops.config import load_settings
-
-    keys = {f"GYMOPS_{k.upper()}": str(v) for k, v in env.items()}
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(keys)
-    try:
-        return load_settings()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
 
 def free_port() -> int:
     with contextlib.closing(socket.socket()) as sock:

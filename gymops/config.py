@@ -150,3 +150,19 @@ def load_settings() -> Settings:
         batch_wait_ms=_int("GYMOPS_BATCH_WAIT_MS", 200, lo=0),
         feast_project=_env("GYMOPS_FEAST_PROJECT", "gymops"),
     )
+
+
+def settings_with(**env) -> Settings:
+    """Settings as load_settings() reads them with these GYMOPS_* variables set (for tests and
+    benchmarks that need several isolated configurations in one process); the environment is restored."""
+    keys = {f"GYMOPS_{k.upper()}": str(v) for k, v in env.items()}
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        return load_settings()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

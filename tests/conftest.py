@@ -9,25 +9,10 @@ import uuid
 
 import pytest
 
-from gymops.config import load_settings
+from gymops.config import load_settings, settings_with  # noqa: F401 (tests import it from here)
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SERVICES = {"PostgreSQL": ("127.0.0.1", 5432), "Redis": ("127.0.0.1", 6379), "RabbitMQ": ("127.0.0.1", 5672)}
-
-
-def settings_with(**env) -> "Settings":
-    """Settings as load_settings() reads them with these GYMOPS_* variables set."""
-    keys = {f"GYMOPS_{k.upper()}": str(v) for k, v in env.items()}
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(keys)
-    try:
-        return load_settings()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _down() -> list[str]:
