@@ -1,8 +1,7 @@
-"""`make demo`: the main job on the current profile (embedded by default).
-
-At this stage of the project: set up Feast, start the ingestion endpoint, run the simulator of the
-Helper and Auth services through it (with a few malformed events and a resent batch, as a real
-stream has), and show what was replicated into Feast's offline and online stores.
+"""The replication part of the demo (`gymops demo`; `make demo` runs it first, then the loop in
+demo.py): set up Feast, start the ingestion endpoint, run the simulator of the Helper and Auth
+services through it (with a few malformed events and a resent batch, as a real stream has), and
+show what was replicated into Feast's offline and online stores.
 """
 from __future__ import annotations
 
