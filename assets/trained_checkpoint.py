@@ -22,6 +22,7 @@ class TrainingConfig(dg.Config):
     seed: int = 0
     backbone: str = "efficientnet_lite0"  # or "resnet50" with weights_path
     weights_path: str = ""
+    defective_weight: float = 1.5  # loss weight of a missed defect against a false alarm (classes balanced)
     lr_factor_on_retry: float = 0.3  # each retry trains with lr * factor**retry
     max_retries: int = 3
 
@@ -45,7 +46,8 @@ class TrainedCheckpoint:
 def train_config(config: TrainingConfig, retry: int) -> TrainConfig:
     return TrainConfig(lr=config.lr * config.lr_factor_on_retry ** retry, batch_size=config.batch_size,
                        max_epochs=config.max_epochs, patience=config.patience, seed=config.seed,
-                       backbone=config.backbone, weights_path=config.weights_path or None)
+                       backbone=config.backbone, weights_path=config.weights_path or None,
+                       defective_weight=config.defective_weight)
 
 
 def learned(metrics: dict, curves: list) -> str | None:

@@ -1,8 +1,18 @@
 """bench/pipeline: wall time per stage of the laundry training pipeline for the seed's workload
-(~150 corrected tasks -> ~750 augmented images -> gated candidate), on this CPU, through the real
+(150 corrected tasks -> 750 augmented images -> gated candidate), on this CPU, through the real
 Dagster job (Feast history, GE checks, Lightning training, ONNX export, sandboxed gates).
 
-    .venv/bin/python bench/pipeline.py [--tasks 180] [--quick]
+    .venv/bin/python bench/pipeline.py [--seeds 11,12,13,14,15] [--tasks 230] [--holdout-min 20] [--quick]
+
+The pipeline keeps a frozen holdout (per class max(--holdout-min, 15%)) and 20% of the rest for
+validation out of training, so 230 simulated tasks leave ~150 training tasks (x5 = ~750 augmented
+images). 20 holdout tasks per class, not the pipeline's default 10: a per-class gate of 0.90
+measured on 10 photos moves in steps of 0.10, on 20 in steps of 0.05.
+
+One run is one draw of history, holdout and validation split; the gates' verdict on ~40 holdout
+and ~38 validation photos varies between draws more than the model does. So the benchmark runs one
+fresh pipeline per history seed (each in a child process with its own home) and reports every run,
+the median stage times and the mean accuracies.
 
 Compared against the design's estimate for the same job (2-4 hours on two T4 GPUs; the lower
 bound, 2 h, is used for the ratio). Writes bench/results/pipeline.json.
@@ -27,14 +37,20 @@ DESIGN_ESTIMATE_S = 2 * 3600
 def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=180, help="simulated tasks (the holdout takes ~15%%)")
+    parser.add_argument("--tasks", type=int, default=230, help="simulated tasks (holdout and validation come out of them)")
+    parser.add_argument("--holdout-min", type=int, default=20, help="holdout tasks per class, at least")
+    parser.add_argument("--seeds", default="11,12,13,14,15", help="history seeds, one pipeline run each")
+    parser.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)  # one run, in this process
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--copies", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="a small smoke run (60 tasks, 2 copies)")
+    parser.add_argument("--keep", action="store_true", help="keep the run's files (printed) instead of deleting them")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.json"))
     args = parser.parse_args(argv)
     if args.quick:
         args.tasks, args.copies = 60, 2
+    if args.seed is None:
+        return repeat(args, argv if argv is not None else sys.argv[1:])
 
     home = Path(tempfile.mkdtemp(prefix="gymops-bench-pipeline-"))
     os.environ.update({"GYMOPS_PROFILE": "embedded", "GYMOPS_HOME": str(home), "GYMOPS_INGEST_TOKEN": "bench"})
@@ -50,13 +66,13 @@ def main(argv=None) -> int:
     try:
         t = time.perf_counter()
         feature_store.apply(settings)
-        first, last = ingest_simulated_history(settings, args.tasks, args.days, seed=11)
+        first, last = ingest_simulated_history(settings, args.tasks, args.days, seed=args.seed)
         setup_s = time.perf_counter() - t
         print(f"history: {args.tasks} tasks over {args.days} days ingested in {setup_s:.1f} s", file=sys.stderr)
         (home / "dagster").mkdir()
         with dg.instance_for_test(temp_dir=str(home / "dagster")) as instance:
             t = time.perf_counter()
-            holdout_min = 4 if args.quick else 10
+            holdout_min = 4 if args.quick else args.holdout_min
             result = runs.run_laundry_training(
                 instance, first, last, runs.training_run_config(copies=args.copies, holdout_min_per_class=holdout_min))
             total_s = time.perf_counter() - t
@@ -70,6 +86,7 @@ def main(argv=None) -> int:
             "command": "python bench/pipeline.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": {"cpus": os.cpu_count(), "gpu": None},
             "workload": {"tasks_simulated": args.tasks, "days": args.days, "copies": args.copies,
+                         "history_seed": args.seed, "holdout_min_per_class": holdout_min,
                          "counts": dataset.get("counts"), "dataset_id": dataset.get("dataset_id")},
             "success": result.success,
             "gates": checks,
@@ -89,7 +106,61 @@ def main(argv=None) -> int:
         print(json.dumps(out, indent=2, default=str))
         return 0 if result.success else 1
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        if args.keep:
+            print(f"kept the run's files in {home}", file=sys.stderr)
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+
+def repeat(args, argv: list[str]) -> int:
+    """One child run per seed, then the summary: median stage times, mean accuracies, every run."""
+    import statistics
+    import subprocess
+
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    passthrough = [a for a in argv if not a.startswith(("--seeds", "--out"))]
+    runs_out = []
+    with tempfile.TemporaryDirectory(prefix="gymops-bench-pipeline-runs-") as tmp:
+        for i, seed in enumerate(seeds):
+            out = Path(tmp) / f"run-{seed}.json"
+            print(f"run {i + 1}/{len(seeds)}: history seed {seed}", file=sys.stderr, flush=True)
+            subprocess.run([sys.executable, __file__, *passthrough, "--seed", str(seed), "--out", str(out)],
+                           stdout=subprocess.DEVNULL, check=False)
+            if not out.exists():
+                raise SystemExit(f"the run with seed {seed} wrote no result")
+            runs_out.append(json.loads(out.read_text()))
+    ok = [r for r in runs_out if r["holdout_accuracy"] is not None]
+    stages = {k: round(statistics.median(r["stage_seconds"][k] for r in runs_out if k in r["stage_seconds"]), 2)
+              for k in runs_out[0]["stage_seconds"]}
+    total = statistics.median(r["total_s"] for r in runs_out)
+    passed = sum(1 for r in runs_out if r["targets"]["gates_passed"])
+    mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None  # noqa: E731
+    summary = {
+        "benchmark": "pipeline",
+        "command": "python bench/pipeline.py " + " ".join(argv),
+        "machine": runs_out[0]["machine"],
+        "workload": {k: v for k, v in runs_out[0]["workload"].items() if k not in ("history_seed", "dataset_id")}
+        | {"history_seeds": seeds},
+        "stage_seconds": stages,
+        "total_s": round(total, 1),
+        "holdout_accuracy": mean([r["holdout_accuracy"] for r in ok]),
+        "per_class_accuracy": {c: mean([r["per_class_accuracy"][c] for r in ok]) for c in ("good", "defective")},
+        "val_accuracy": mean([r["val_accuracy"] for r in ok]),
+        "runs_passing_all_gates": f"{passed}/{len(runs_out)}",
+        "design_estimate_s": DESIGN_ESTIMATE_S,
+        "ratio_vs_design_estimate": round(total / DESIGN_ESTIMATE_S, 4),
+        "targets": {"total_s<=600": all(r["total_s"] <= 600 for r in runs_out),
+                    "gates_passed_every_run": passed == len(runs_out)},
+        "runs": [{"history_seed": r["workload"]["history_seed"], "success": r["success"], "gates": r["gates"],
+                  "counts": r["workload"]["counts"], "epochs": r["epochs"], "val_accuracy": r["val_accuracy"],
+                  "holdout_accuracy": r["holdout_accuracy"], "per_class_accuracy": r["per_class_accuracy"],
+                  "total_s": r["total_s"]} for r in runs_out],
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(json.dumps(summary, indent=2, default=str))
+    return 0 if passed == len(runs_out) else 1
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from gymops.ml.bench import records_from_traffic
 from gymops.ml.dataset import build_dataset, fetch_photos
 from gymops.ml.evaluate import classification_metrics, evaluate_onnx, predict_onnx
 from gymops.ml.export import ExportMismatch, export_onnx
-from gymops.ml.train import DefectHead, TrainConfig, calibrate_threshold, train
+from gymops.ml.train import DefectHead, TrainConfig, _class_weights, calibrate_threshold, train
 from gymops.photos import LocalPhotoStore
 
 SIZE = 224
@@ -103,7 +103,7 @@ def test_resume_after_a_crash_continues(data, tmp_path):
     assert (tmp_path / "last.ckpt").exists()
     saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
     done_epochs = saved["epoch"]
-    assert done_epochs >= 2  # the last epoch saved before the crash
+    assert done_epochs == 2  # the last epoch completed before the crash, whether val_loss improved or not
     before = saved["curves"]
     features = sorted(p.name for p in tmp_path.glob("features-*.npy"))
     assert len(features) == 2  # the trunk features are cached, a resumed run skips them
@@ -169,8 +169,11 @@ def test_classification_metrics():
     assert calibrate_threshold(np.array([0.1, 0.9]), np.array([0, 0])) == 0.5
 
 
-def test_head_pools_a_local_defect_anywhere():
-    head = DefectHead(4, hidden=3, dropout=0.0).eval()
+@pytest.mark.parametrize("layers", [1, 2])
+def test_head_pools_a_local_defect_anywhere(layers):
+    torch.manual_seed(0)
+    head = DefectHead(4, hidden=8, dropout=0.0, layers=layers).eval()
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in head.proj) == layers
     a = torch.zeros(1, 4, 6, 6)
     b = a.clone()
     b[0, :, 1, 4] = 5.0  # one "defective" position
@@ -179,3 +182,18 @@ def test_head_pools_a_local_defect_anywhere():
     with torch.no_grad():
         assert not torch.equal(head(a), head(b))
         torch.testing.assert_close(head(b), head(c))
+
+
+def test_head_layers_must_be_positive():
+    with pytest.raises(ValueError, match="head_layers must be >= 1"):
+        DefectHead(4, layers=0)
+
+
+def test_class_weights_balance_then_favour_defects():
+    y = np.array([0, 0, 0, 1])
+    assert _class_weights(y, True) == pytest.approx([4 / 6, 2.0])
+    assert _class_weights(y, True, 1.5) == pytest.approx([4 / 6, 3.0])
+    assert _class_weights(y, False, 1.5) == pytest.approx([1.0, 1.5])
+    assert _class_weights(np.array([0, 0]), True) == pytest.approx([1.0, 1.0])  # one class: no balancing
+    with pytest.raises(ValueError, match="defective_weight must be > 0"):
+        _class_weights(y, True, 0.0)

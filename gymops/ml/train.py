@@ -3,24 +3,33 @@
 The model is a frozen ImageNet backbone TRUNK plus a small trainable defect HEAD:
 
   image (N, 3, 224, 224) -> trunk: EfficientNet-Lite0 up to stage 5 (blocks 0-10; 112 channels
-  at 14 x 14) -> head: per-channel standardisation, 1x1 conv (112 -> 64) + ReLU, global average
-  AND max pooling over the 14 x 14 positions, linear (128 -> 2) -> softmax [good, defective].
+  at 14 x 14) -> head: per-channel standardisation, a per-position MLP (1x1 convs 112 -> 64 -> 64,
+  ReLU), global average AND max pooling over the 14 x 14 positions, linear (128 -> 2) -> softmax
+  [good, defective].
 
 Why: defects (a stain, a tear, a bleached patch) are small and local, and the garments vary far
 more than the defects do. The ImageNet classifier's pooled 1280-d features average the defect
 away (a linear probe plateaus near 0.75-0.80 with ~100 photos); a per-position detector on a
-14 x 14 mid-level map, max-pooled, sees a defect wherever it is (0.9+ on the same data).
+14 x 14 mid-level map, max-pooled, sees a defect wherever it is. Measured on 400 unseen simulator
+photos with 150 training tasks (3 datasets x 2 seeds): one 1x1 layer 0.951 (defective 0.936),
+two 0.960 (defective 0.946); deeper stages (6) or shallower ones (3, 4), 3x3 context, fine-tuning
+blocks 5-10, PatchCore-style nearest-normal-patch scores, flip TTA and 3-head ensembles all did
+no better than +-0.005 on the same data. More tasks do: 250 training tasks reach 0.962 with one layer.
 
 Speed: the trunk is frozen, so its feature maps are computed ONCE per (augmented) image and
-cached (``features-<key>.npy`` in ckpt_dir); only the head (~7k parameters) is trained, an epoch
+cached (``features-<key>.npy`` in ckpt_dir); only the head (~12k parameters) is trained, an epoch
 takes well under a second. The exported model is trunk + head.
 
-Training: Adam, class-weighted cross-entropy (classes balanced), EarlyStopping on val_loss,
-ModelCheckpoint every ``checkpoint_every`` epochs plus the best (val_loss) plus last.ckpt each
-epoch; a call that finds last.ckpt of the same dataset and config resumes from it; a call that
+Training: Adam, class-weighted cross-entropy (classes balanced, then a missed defect weighted
+``defective_weight`` = 1.5 false alarms: on the measurements above that moved the two classes'
+accuracy from 0.960 / 0.944 to 0.950 / 0.954, and the gate checks the weaker one), EarlyStopping on val_loss,
+ModelCheckpoint every ``checkpoint_every`` epochs plus the best (val_loss) plus last.ckpt after
+every epoch; a call that finds last.ckpt of the same dataset and config resumes from it; a call that
 finds the finished result of the same dataset and config returns it without training again.
 After training, the decision threshold may be calibrated on validation (balanced accuracy) and
-folded into the head as a logit bias, so served argmax == calibrated decision.
+folded into the head as a logit bias, so served argmax == calibrated decision. It is off by
+default: the class weights already balance the classes, and a threshold fitted to ~30 validation
+photos cost 0.008 test accuracy on average in the measurements above.
 """
 from __future__ import annotations
 
@@ -63,10 +72,12 @@ class TrainConfig:
     num_threads: int = 2
     feature_layer: str = "auto"  # efficientnet_lite0: stage1..stage7 (auto: stage5); resnet50: layer1..4 (auto: layer3)
     head_hidden: int = 64
+    head_layers: int = 2  # per-position layers before pooling (1: a linear detector)
     dropout: float = 0.2
     weight_decay: float = 1e-4
-    class_weighting: bool = True
-    calibrate_threshold: bool = True
+    class_weighting: bool = True  # classes weighted to count equally in the loss
+    defective_weight: float = 1.5  # and a missed defect costs this many false alarms
+    calibrate_threshold: bool = False  # on a ~30-photo validation split it costs more than it gains
     checkpoint_every: int = 5
     feature_batch: int = 32
 
@@ -123,14 +134,20 @@ class Trunk(nn.Module):
 
 
 class DefectHead(nn.Module):
-    """Per-position detector on a feature map, pooled by average and max, then a linear layer."""
+    """Per-position detector on a feature map (a small MLP applied at every position, as 1x1
+    convolutions), pooled by average and max, then a linear layer."""
 
-    def __init__(self, channels: int, hidden: int = 64, dropout: float = 0.2):
+    def __init__(self, channels: int, hidden: int = 64, dropout: float = 0.2, layers: int = 2):
         super().__init__()
+        if layers < 1:
+            raise ValueError(f"head_layers must be >= 1, got {layers}")
         self.register_buffer("mean", torch.zeros(1, channels, 1, 1))
         self.register_buffer("std", torch.ones(1, channels, 1, 1))
         self.register_buffer("logit_bias", torch.zeros(2))  # threshold calibration, folded in
-        self.proj = nn.Conv2d(channels, hidden, 1)
+        convs: list[nn.Module] = [nn.Conv2d(channels, hidden, 1)]
+        for _ in range(layers - 1):
+            convs += [nn.ReLU(), nn.Conv2d(hidden, hidden, 1)]
+        self.proj = nn.Sequential(*convs)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(2 * hidden, 2)
 
@@ -268,7 +285,7 @@ def extract_features(trunk: nn.Module, arrays: np.ndarray, batch: int = 32,
 def build_model(cfg: TrainConfig) -> tuple[Trunk, DefectHead]:
     backbone = build_backbone(cfg.backbone, Path(cfg.weights_path) if cfg.weights_path else None)
     trunk = Trunk(backbone, cfg.backbone, cfg.resolved_layer())
-    return trunk, DefectHead(trunk.channels, cfg.head_hidden, cfg.dropout)
+    return trunk, DefectHead(trunk.channels, cfg.head_hidden, cfg.dropout, cfg.head_layers)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,12 +314,14 @@ class TrainResult:
         return json.loads(json.dumps(d, default=str))
 
 
-def _class_weights(y: np.ndarray, enabled: bool) -> list[float]:
+def _class_weights(y: np.ndarray, enabled: bool, defective_weight: float = 1.0) -> list[float]:
+    """Loss weights [good, defective]: balanced (if ``enabled``), the defective one times
+    ``defective_weight``."""
+    if not defective_weight > 0:
+        raise ValueError(f"defective_weight must be > 0, got {defective_weight}")
     counts = np.bincount(y, minlength=2).astype(np.float64)
-    if not enabled or (counts == 0).any():
-        return [1.0, 1.0]
-    w = counts.sum() / (2 * counts)
-    return [float(w[0]), float(w[1])]
+    w = counts.sum() / (2 * counts) if enabled and not (counts == 0).any() else np.ones(2)
+    return [float(w[0]), float(w[1] * defective_weight)]
 
 
 def calibrate_threshold(p_defective: np.ndarray, y: np.ndarray) -> float:
@@ -356,6 +375,22 @@ def _quiet():
                         ".*Checkpoint directory.*", ".*tensorboardX.*", ".*_pytree.*", ".*module\\(s\\) in eval mode.*"):
             warnings.filterwarnings("ignore", message=pattern)
         yield
+
+
+def _latest_checkpoint(dirpath: Path):
+    """A ModelCheckpoint that writes last.ckpt after EVERY epoch. ModelCheckpoint's own save_last
+    only follows that callback's saves: on the best-val_loss callback, a run whose val_loss had
+    stopped improving would resume from its last improvement, not its last epoch. Checkpoint
+    callbacks run after the others, in order, so listed last it saves their updated state too."""
+    pl = _lightning()
+
+    class LatestCheckpoint(pl.callbacks.ModelCheckpoint):
+        @property
+        def state_key(self) -> str:  # distinct from a periodic ModelCheckpoint with every_n_epochs=1
+            return "LatestCheckpoint"
+
+    return LatestCheckpoint(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                            auto_insert_metric_name=False, enable_version_counter=False)
 
 
 def _load_head_state(head: DefectHead, ckpt: Path) -> int:
@@ -417,7 +452,7 @@ def train(
     # Standardise trunk channels with training statistics (stored in the head, so exported too).
     ft = torch.from_numpy(x_train)
     head.set_standardisation(ft.mean(dim=(0, 2, 3)), ft.std(dim=(0, 2, 3)))
-    weights = _class_weights(y_train, cfg.class_weighting)
+    weights = _class_weights(y_train, cfg.class_weighting, cfg.defective_weight)
     LaundryClassifier = _classifier_class()
     module = LaundryClassifier(trunk, head, cfg.lr, cfg.weight_decay, weights)
 
@@ -435,14 +470,14 @@ def train(
         if progress:
             module.progress = lambda epoch: progress("train", epoch, cfg.max_epochs)
         best_cb = pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min",
-                                               save_top_k=1, save_last=True, auto_insert_metric_name=False)
+                                               save_top_k=1, auto_insert_metric_name=False)
         periodic_cb = pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}",
                                                    every_n_epochs=max(1, cfg.checkpoint_every), save_top_k=-1,
                                                    auto_insert_metric_name=False)
         stop_cb = pl.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, mode="min")
         trainer = pl.Trainer(
             max_epochs=cfg.max_epochs, accelerator="cpu", devices=1, logger=False,
-            callbacks=[best_cb, periodic_cb, stop_cb, *callbacks], enable_progress_bar=False,
+            callbacks=[best_cb, periodic_cb, stop_cb, _latest_checkpoint(ckpt_dir), *callbacks], enable_progress_bar=False,
             enable_model_summary=False, default_root_dir=str(ckpt_dir), deterministic=True,
             num_sanity_val_steps=0, log_every_n_steps=1,
         )
