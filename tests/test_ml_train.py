@@ -106,7 +106,7 @@ def test_resume_after_a_crash_continues(data, tmp_path):
     assert done_epochs == 2  # the last epoch completed before the crash, whether val_loss improved or not
     before = saved["curves"]
     features = sorted(p.name for p in tmp_path.glob("features-*.npy"))
-    assert len(features) == 2  # the trunk features are cached, a resumed run skips them
+    assert len(features) == 2 * len(cfg.resolved_layers())  # per layer and split: a resumed run skips them
     resumed = train(manifest, cfg, tmp_path)
     assert resumed.resumed_from_epoch == done_epochs
     assert [r["epoch"] for r in resumed.curves] == list(range(7))  # continued, not restarted

@@ -1,33 +1,37 @@
 """Transfer learning for the laundry model with PyTorch Lightning, sized for 2 CPU cores.
 
-The model is a frozen ImageNet backbone TRUNK plus a small trainable defect HEAD:
+The model is a frozen ImageNet backbone TRUNK plus small trainable defect HEADS, one per map:
 
-  image (N, 3, 224, 224) -> trunk: EfficientNet-Lite0 up to stage 5 (blocks 0-10; 112 channels
-  at 14 x 14) -> head: per-channel standardisation, a per-position MLP (1x1 convs 112 -> 64 -> 64,
-  ReLU), global average AND max pooling over the 14 x 14 positions, linear (128 -> 2) -> softmax
-  [good, defective].
+  image (N, 3, 224, 224) -> trunk: EfficientNet-Lite0 up to stage 6 (blocks 0-14), tapped after
+  stage 4 (80 ch, 14 x 14), stage 5 (112 ch, 14 x 14) and stage 6 (192 ch, 7 x 7) -> per map, a
+  head: per-channel standardisation, a per-position MLP (1x1 convs C -> 64 -> 64, ReLU), global
+  average AND max pooling over the positions, linear (128 -> 2) -> the heads' softmax
+  probabilities averaged [good, defective].
 
 Why: defects (a stain, a tear, a bleached patch) are small and local, and the garments vary far
 more than the defects do. The ImageNet classifier's pooled 1280-d features average the defect
 away (a linear probe plateaus near 0.75-0.80 with ~100 photos); a per-position detector on a
-14 x 14 mid-level map, max-pooled, sees a defect wherever it is. Measured on 400 unseen simulator
-photos with 150 training tasks (3 datasets x 2 seeds): one 1x1 layer 0.951 (defective 0.936),
-two 0.960 (defective 0.946); deeper stages (6) or shallower ones (3, 4), 3x3 context, fine-tuning
-blocks 5-10, PatchCore-style nearest-normal-patch scores, flip TTA and 3-head ensembles all did
-no better than +-0.005 on the same data. More tasks do: 250 training tasks reach 0.962 with one layer.
+mid-level map, max-pooled, sees a defect wherever it is. Measured on 400 unseen simulator photos
+with 150 training tasks (3 datasets x 2 seeds): a one-layer head on stage 5 alone 0.951
+(defective 0.936), two layers 0.960 (0.946); the three-map ensemble 0.967 (good 0.972, defective
+0.956; heads on stage 4 or 6 alone score 0.931 and 0.923, but their mistakes differ). A deeper
+head with 3x3 context, concatenating the maps into one head, fine-tuning blocks 5-10,
+PatchCore-style nearest-normal-patch scores and flip TTA did no better than +-0.005. More tasks
+do: 250 training tasks reach 0.962 with the one-layer stage-5 head.
 
 Speed: the trunk is frozen, so its feature maps are computed ONCE per (augmented) image and
-cached (``features-<key>.npy`` in ckpt_dir); only the head (~12k parameters) is trained, an epoch
-takes well under a second. The exported model is trunk + head.
+cached (``features-<key>-<layer>-<split>.npy`` in ckpt_dir); only the heads (~38k parameters)
+are trained, an epoch takes about a second. The exported model is trunk + heads.
 
 Training: Adam, class-weighted cross-entropy (classes balanced, then a missed defect weighted
 ``defective_weight`` = 1.5 false alarms: on the measurements above that moved the two classes'
-accuracy from 0.960 / 0.944 to 0.950 / 0.954, and the gate checks the weaker one), EarlyStopping on val_loss,
+accuracy from 0.960 / 0.944 to 0.950 / 0.954 with the stage-5 head, and the gate checks the weaker
+one); each head learns from its own loss, validation loss is the ensemble's; EarlyStopping on val_loss,
 ModelCheckpoint every ``checkpoint_every`` epochs plus the best (val_loss) plus last.ckpt after
 every epoch; a call that finds last.ckpt of the same dataset and config resumes from it; a call that
 finds the finished result of the same dataset and config returns it without training again.
 After training, the decision threshold may be calibrated on validation (balanced accuracy) and
-folded into the head as a logit bias, so served argmax == calibrated decision. It is off by
+folded into the ensemble as a logit bias, so served argmax == calibrated decision. It is off by
 default: the class weights already balance the classes, and a threshold fitted to ~30 validation
 photos cost 0.008 test accuracy on average in the measurements above.
 """
@@ -57,7 +61,7 @@ from gymops.ml.preprocess import normalise
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
-FEATURE_LAYERS = {"efficientnet_lite0": "stage5", "resnet50": "layer3"}
+FEATURE_LAYERS = {"efficientnet_lite0": "stage4,stage5,stage6", "resnet50": "layer3"}
 
 
 @dataclass
@@ -70,7 +74,9 @@ class TrainConfig:
     backbone: str = "efficientnet_lite0"
     weights_path: str | None = None  # None: the package's EfficientNet-Lite0 weights
     num_threads: int = 2
-    feature_layer: str = "auto"  # efficientnet_lite0: stage1..stage7 (auto: stage5); resnet50: layer1..4 (auto: layer3)
+    # One head per layer, their probabilities averaged. efficientnet_lite0: stage1..stage7 (auto:
+    # stage4,stage5,stage6); resnet50: layer1..layer4 (auto: layer3). Comma-separated.
+    feature_layer: str = "auto"
     head_hidden: int = 64
     head_layers: int = 2  # per-position layers before pooling (1: a linear detector)
     dropout: float = 0.2
@@ -83,6 +89,9 @@ class TrainConfig:
 
     def resolved_layer(self) -> str:
         return FEATURE_LAYERS[self.backbone] if self.feature_layer == "auto" else self.feature_layer
+
+    def resolved_layers(self) -> tuple[str, ...]:
+        return tuple(x.strip() for x in self.resolved_layer().split(",") if x.strip())
 
     def fingerprint(self) -> str:
         """What makes two trainings the same (num_threads and checkpoint cadence excluded)."""
@@ -101,27 +110,35 @@ _LITE0_STAGE_ENDS = {"stage1": 1, "stage2": 3, "stage3": 5, "stage4": 8, "stage5
 
 
 class Trunk(nn.Module):
-    """The frozen part of a backbone, up to ``layer``: images -> feature map (N, C, H, W)."""
+    """The frozen part of a backbone, up to the deepest of ``layers``: images -> one feature map
+    (N, C, H, W) per layer, in the order given."""
 
-    def __init__(self, backbone: nn.Module, name: str, layer: str):
+    def __init__(self, backbone: nn.Module, name: str, layers: Sequence[str] | str):
         super().__init__()
-        self.name, self.layer = name, layer
+        layers = (layers,) if isinstance(layers, str) else tuple(layers)
+        if not layers or len(set(layers)) != len(layers):
+            raise ValueError(f"feature layers must be distinct and at least one, got {list(layers)}")
+        self.name, self.layers = name, layers
         if name == "efficientnet_lite0":
-            if layer not in _LITE0_STAGE_ENDS:
-                raise ValueError(f"unknown EfficientNet-Lite0 layer {layer!r} (expected {sorted(_LITE0_STAGE_ENDS)})")
-            n = _LITE0_STAGE_ENDS[layer]
+            unknown = [l for l in layers if l not in _LITE0_STAGE_ENDS]
+            if unknown:
+                raise ValueError(f"unknown EfficientNet-Lite0 layer {unknown[0]!r} (expected {sorted(_LITE0_STAGE_ENDS)})")
+            ends = [_LITE0_STAGE_ENDS[l] for l in layers]
             self.stem = nn.Sequential(backbone._conv_stem, backbone._bn0, nn.ReLU6())
-            self.body = nn.Sequential(*backbone._blocks[:n])
-            self.channels = backbone._blocks[n - 1]._bn2.num_features
+            self.body = nn.Sequential(*backbone._blocks[:max(ends)])
+            self.channels = tuple(backbone._blocks[n - 1]._bn2.num_features for n in ends)
         elif name == "resnet50":
-            layers = ["layer1", "layer2", "layer3", "layer4"]
-            if layer not in layers:
-                raise ValueError(f"unknown ResNet-50 layer {layer!r} (expected {layers})")
+            names = ["layer1", "layer2", "layer3", "layer4"]
+            unknown = [l for l in layers if l not in names]
+            if unknown:
+                raise ValueError(f"unknown ResNet-50 layer {unknown[0]!r} (expected {names})")
+            ends = [names.index(l) + 1 for l in layers]
             self.stem = nn.Sequential(backbone.conv1, backbone.bn1, nn.ReLU(), backbone.maxpool)
-            self.body = nn.Sequential(*[getattr(backbone, l) for l in layers[:layers.index(layer) + 1]])
-            self.channels = self.body[-1][-1].bn3.num_features
+            self.body = nn.Sequential(*[getattr(backbone, l) for l in names[:max(ends)]])
+            self.channels = tuple(self.body[n - 1][-1].bn3.num_features for n in ends)
         else:
             raise ValueError(f"unknown backbone {name!r}")
+        self._taps = ends  # a map is taken after this many body modules
         for p in self.parameters():
             p.requires_grad_(False)
         self.eval()
@@ -129,8 +146,14 @@ class Trunk(nn.Module):
     def train(self, mode: bool = True) -> "Trunk":
         return super().train(False)  # always frozen: BatchNorm keeps its ImageNet statistics
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(self.stem(x))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = self.stem(x)
+        taken: dict[int, torch.Tensor] = {}
+        for i, module in enumerate(self.body, start=1):
+            x = module(x)
+            if i in self._taps:
+                taken[i] = x
+        return tuple(taken[n] for n in self._taps)
 
 
 class DefectHead(nn.Module):
@@ -162,10 +185,29 @@ class DefectHead(nn.Module):
         return self.fc(pooled) + self.logit_bias
 
 
+class HeadEnsemble(nn.Module):
+    """One DefectHead per trunk map; the output is the log of their mean probabilities (so a
+    softmax of it is the mean). Each head is trained on its own loss (``member_logits``)."""
+
+    def __init__(self, channels: Sequence[int], hidden: int = 64, dropout: float = 0.2, layers: int = 2):
+        super().__init__()
+        self.heads = nn.ModuleList(DefectHead(c, hidden, dropout, layers) for c in channels)
+        self.register_buffer("logit_bias", torch.zeros(2))  # threshold calibration, folded in
+
+    def member_logits(self, maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if len(maps) != len(self.heads):
+            raise ValueError(f"{len(self.heads)} heads but {len(maps)} feature maps")
+        return [head(m) for head, m in zip(self.heads, maps)]
+
+    def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        probs = torch.stack([torch.softmax(z, dim=1) for z in self.member_logits(maps)]).mean(dim=0)
+        return torch.log(probs.clamp_min(1e-12)) + self.logit_bias
+
+
 class LaundryNet(nn.Module):
     """The served model: images (N, 3, S, S) float32, normalised -> probabilities [good, defective]."""
 
-    def __init__(self, trunk: Trunk, head: DefectHead):
+    def __init__(self, trunk: Trunk, head: HeadEnsemble):
         super().__init__()
         self.trunk, self.head = trunk, head
 
@@ -189,7 +231,7 @@ def _classifier_class():
         """Backbone trunk (frozen) + defect head. ``forward`` takes images; the training and
         validation steps take cached trunk feature maps, so only the head's cost is paid per epoch."""
 
-        def __init__(self, trunk: Trunk, head: DefectHead, lr: float = 1e-3, weight_decay: float = 1e-4,
+        def __init__(self, trunk: Trunk, head: HeadEnsemble, lr: float = 1e-3, weight_decay: float = 1e-4,
                      class_weights: Sequence[float] = (1.0, 1.0)):
             super().__init__()
             self.trunk, self.head = trunk, head
@@ -208,15 +250,17 @@ def _classifier_class():
             self._train_sum, self._train_n = 0.0, 0
 
         def training_step(self, batch, batch_idx):
-            fmap, y = batch
-            loss = F.cross_entropy(self.head(fmap), y, weight=self.class_weights)
+            *maps, y = batch
+            # The heads share no parameters: the mean of their losses trains each on its own.
+            loss = torch.stack([F.cross_entropy(z, y, weight=self.class_weights)
+                                for z in self.head.member_logits(maps)]).mean()
             self._train_sum += float(loss.detach()) * len(y)
             self._train_n += len(y)
             return loss
 
         def validation_step(self, batch, batch_idx):
-            fmap, y = batch
-            self._val.append((self.head(fmap).detach(), y))
+            *maps, y = batch
+            self._val.append((self.head(maps).detach(), y))
 
         def on_validation_epoch_end(self) -> None:
             if not self._val:
@@ -262,30 +306,33 @@ def __getattr__(name: str):  # LaundryClassifier is built lazily: importing ligh
 
 @torch.no_grad()
 def extract_features(trunk: nn.Module, arrays: np.ndarray, batch: int = 32,
-                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """float32 feature maps of ``arrays``: uint8 (N, S, S, 3) resized RGB (normalised here) or
-    float32 (N, 3, S, S) model input. The trunk runs in eval mode, ``batch`` images at a time."""
+                     progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, ...]:
+    """float32 feature maps of ``arrays`` (one array per trunk layer): uint8 (N, S, S, 3) resized RGB
+    (normalised here) or float32 (N, 3, S, S) model input. The trunk runs in eval mode, ``batch``
+    images at a time."""
     trunk.eval()
-    out: np.ndarray | None = None
+    out: list[np.ndarray] | None = None
     n = len(arrays)
     for i in range(0, n, batch):
         chunk = np.asarray(arrays[i:i + batch])
         x = normalise(chunk) if chunk.dtype == np.uint8 else np.asarray(chunk, dtype=np.float32)
-        f = trunk(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+        maps = trunk(torch.from_numpy(np.ascontiguousarray(x)))
+        maps = (maps,) if isinstance(maps, torch.Tensor) else maps
         if out is None:
-            out = np.empty((n, *f.shape[1:]), dtype=np.float32)
-        out[i:i + len(f)] = f
+            out = [np.empty((n, *m.shape[1:]), dtype=np.float32) for m in maps]
+        for o, m in zip(out, maps):
+            o[i:i + len(m)] = m.numpy()
         if progress:
             progress(min(i + batch, n), n)
     if out is None:
         raise ValueError("no images to extract features from")
-    return out
+    return tuple(out)
 
 
-def build_model(cfg: TrainConfig) -> tuple[Trunk, DefectHead]:
+def build_model(cfg: TrainConfig) -> tuple[Trunk, HeadEnsemble]:
     backbone = build_backbone(cfg.backbone, Path(cfg.weights_path) if cfg.weights_path else None)
-    trunk = Trunk(backbone, cfg.backbone, cfg.resolved_layer())
-    return trunk, DefectHead(trunk.channels, cfg.head_hidden, cfg.dropout, cfg.head_layers)
+    trunk = Trunk(backbone, cfg.backbone, cfg.resolved_layers())
+    return trunk, HeadEnsemble(trunk.channels, cfg.head_hidden, cfg.dropout, cfg.head_layers)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,24 +391,27 @@ def calibrate_threshold(p_defective: np.ndarray, y: np.ndarray) -> float:
     return best
 
 
-def _features_cached(path: Path, make: Callable[[], np.ndarray]) -> np.ndarray:
-    if path.exists():
+def _features_cached(paths: Sequence[Path], make: Callable[[], tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """The arrays at ``paths`` (one per trunk layer), or ``make()`` saved there."""
+    if all(p.exists() for p in paths):
         try:
-            return np.load(path, allow_pickle=False)
+            return tuple(np.load(p, allow_pickle=False) for p in paths)
         except (ValueError, OSError):
-            path.unlink(missing_ok=True)
-    arr = make()
-    tmp = path.with_name(f".{path.name}.part")
-    with open(tmp, "wb") as fh:
-        np.save(fh, arr, allow_pickle=False)
-    os.replace(tmp, path)
-    return arr
+            for p in paths:
+                p.unlink(missing_ok=True)
+    arrays = make()
+    for path, arr in zip(paths, arrays, strict=True):
+        tmp = path.with_name(f".{path.name}.part")
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
+        os.replace(tmp, path)
+    return arrays
 
 
-def _loader(x: np.ndarray, y: np.ndarray, batch: int, shuffle: bool, seed: int):
+def _loader(maps: Sequence[np.ndarray], y: np.ndarray, batch: int, shuffle: bool, seed: int):
     from torch.utils.data import DataLoader, TensorDataset
 
-    ds = TensorDataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)))
+    ds = TensorDataset(*(torch.from_numpy(m) for m in maps), torch.from_numpy(y.astype(np.int64)))
     g = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=batch, shuffle=shuffle, generator=g if shuffle else None, num_workers=0)
 
@@ -393,7 +443,7 @@ def _latest_checkpoint(dirpath: Path):
                             auto_insert_metric_name=False, enable_version_counter=False)
 
 
-def _load_head_state(head: DefectHead, ckpt: Path) -> int:
+def _load_head_state(head: HeadEnsemble, ckpt: Path) -> int:
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     sd = {k[len("head."):]: v for k, v in state["state_dict"].items() if k.startswith("head.")}
     head.load_state_dict(sd)
@@ -437,21 +487,26 @@ def train(
 
     # 1. Trunk features, once per image (cached in ckpt_dir: a resumed run skips this).
     t = time.perf_counter()
-    key = f"{manifest.dataset_id}-{cfg.backbone}-{cfg.resolved_layer()}"
+    key = f"{manifest.dataset_id}-{cfg.backbone}"
     n_train, n_val = manifest.counts["train_images"], manifest.counts["val_images"]
     feat_progress = (lambda done, total: progress("features", done, total)) if progress else None
-    x_train = _features_cached(ckpt_dir / f"features-{key}-train.npy", lambda: extract_features(
+
+    def paths(split: str) -> list[Path]:
+        return [ckpt_dir / f"features-{key}-{layer}-{split}.npy" for layer in trunk.layers]
+
+    x_train = _features_cached(paths("train"), lambda: extract_features(
         trunk, manifest.images("train"), cfg.feature_batch,
         feat_progress and (lambda d, n: feat_progress(d, n_train + n_val))))
-    x_val = _features_cached(ckpt_dir / f"features-{key}-val.npy", lambda: extract_features(
+    x_val = _features_cached(paths("val"), lambda: extract_features(
         trunk, manifest.images("val"), cfg.feature_batch,
         feat_progress and (lambda d, n: feat_progress(n_train + d, n_train + n_val))))
     y_train, y_val = manifest.labels("train"), manifest.labels("val")
     timings["features_s"] = time.perf_counter() - t
 
     # Standardise trunk channels with training statistics (stored in the head, so exported too).
-    ft = torch.from_numpy(x_train)
-    head.set_standardisation(ft.mean(dim=(0, 2, 3)), ft.std(dim=(0, 2, 3)))
+    for member, x in zip(head.heads, x_train):
+        ft = torch.from_numpy(x)
+        member.set_standardisation(ft.mean(dim=(0, 2, 3)), ft.std(dim=(0, 2, 3)))
     weights = _class_weights(y_train, cfg.class_weighting, cfg.defective_weight)
     LaundryClassifier = _classifier_class()
     module = LaundryClassifier(trunk, head, cfg.lr, cfg.weight_decay, weights)
@@ -497,13 +552,13 @@ def train(
     head.logit_bias.zero_()
     net = LaundryNet(trunk, head).eval()
     with torch.no_grad():
-        p_val = torch.softmax(head(torch.from_numpy(x_val)), 1)[:, 1].numpy()
+        p_val = torch.softmax(head([torch.from_numpy(x) for x in x_val]), 1)[:, 1].numpy()
     at_half = classification_metrics(p_val, y_val, 0.5)
     threshold = calibrate_threshold(p_val, y_val) if cfg.calibrate_threshold else 0.5
     if threshold != 0.5:
         head.logit_bias[1] = -math.log(threshold / (1 - threshold))
     with torch.no_grad():
-        p_cal = torch.softmax(head(torch.from_numpy(x_val)), 1)[:, 1].numpy()
+        p_cal = torch.softmax(head([torch.from_numpy(x) for x in x_val]), 1)[:, 1].numpy()
     metrics = classification_metrics(p_cal, y_val, 0.5)
     metrics["threshold"] = threshold
     timings["total_s"] = time.perf_counter() - t0
