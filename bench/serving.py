@@ -14,7 +14,7 @@ same duration per path:
    session options as the Triton model (intra/inter-op threads, spinning, from the config).
 3. ``eager``: a plain FastAPI app (below) started as a child process with uvicorn: POST the JPEG
    to /classify; it decodes + preprocesses with gymops.ml.preprocess and runs the LaundryNet in
-   PyTorch eager mode (torch threads = the same intra-op thread count), one photo per request.
+   PyTorch eager mode (torch threads = Triton's intra-op threads x instances), one photo per request.
 
 All three are started first, then measured in ``--rounds`` interleaved rounds (rotating order),
 each path getting ``--seconds``/rounds of load and ``--requests``/rounds sequential requests per
@@ -303,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     version = versions[0]
     config = base_config(ROOT / "triton_models", **changes)
     params = _params(config)
-    threads = int(params.get("intra_op_threads") or 2)
+    instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [{}]))
+    # Eager gets as many threads as Triton's instances use together: one process, all of them.
+    threads = int(params.get("intra_op_threads") or 2) * max(1, instances)
     rounds = args.rounds or (1 if args.quick else 4)
     if args.wait_quiet:
         wait_for_quiet(args.wait_quiet)

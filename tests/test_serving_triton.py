@@ -24,9 +24,12 @@ from conftest import IN_CI, free_port, settings_with
 from gymops.config import PROJECT_ROOT
 from gymops.ml.preprocess import preprocess
 from gymops.serving.client import ClassifyError, InvalidPhoto, LaundryClient
-from gymops.serving.control import AccessRefused, LoadFailed, ModelControl, write_version
+from gymops.serving.control import AccessRefused, LoadFailed, ModelControl, template_config, write_version
 from gymops.serving.server import TritonServer, TritonUnavailable, check_runnable, pid_alive, process_tree
 from gymops.serving.settings import DEPLOY_HEADER, serving_settings
+
+# Stub processes per loaded version: the template's instance count.
+INSTANCES = sum(int(g.get("count", 1)) for g in template_config(PROJECT_ROOT / "triton_models", "laundry")["instance_group"])
 
 pytestmark = pytest.mark.slow
 MODEL = "laundry"
@@ -118,8 +121,8 @@ def _session(onnx_path: Path):
 # ------------------------------------------------------------------------------------------------
 
 def test_start_stop_by_pid_leaves_nothing(deployment, tmp_path):
-    """A server of its own: live in well under a second, a model's stub is a child process, SIGTERM
-    stops the whole tree, and no shared-memory region is left behind."""
+    """A server of its own: live in well under a second, each model instance's stub is a child
+    process, SIGTERM stops the whole tree, and no shared-memory region is left behind."""
     ss = deployment["ss"]
     shm = lambda: set(Path("/dev/shm").glob("triton_python_backend_shm_region*"))  # noqa: E731
     before = shm()
@@ -132,9 +135,9 @@ def test_start_stop_by_pid_leaves_nothing(deployment, tmp_path):
         control.load_version(MODEL, 1)
         assert control.served_versions(MODEL) == [1]
     tree = process_tree(server.pid)
-    assert len(tree) == 2 and server.memory()["rss_bytes"] > 20 * 2**20
+    assert len(tree) == 1 + INSTANCES and server.memory()["rss_bytes"] > 20 * 2**20
     mine = shm() - before
-    assert mine  # the stub's shared-memory region
+    assert mine  # the stubs' shared-memory regions
     started = time.monotonic()
     assert server.stop(timeout=30) == 0
     print(f"\nstop with a model loaded: {time.monotonic() - started:.2f} s")
@@ -152,7 +155,7 @@ def test_stop_kills_the_tree_after_the_timeout(deployment, tmp_path):
     with ModelControl.for_server(server) as control:
         control.load_version(MODEL, 1)
     tree, mine = process_tree(server.pid), shm() - before
-    assert len(tree) == 2 and mine
+    assert len(tree) == 1 + INSTANCES and mine
     assert server.stop(timeout=0) == -9
     assert not any(pid_alive(p) for p in tree)
     assert not (mine & shm())
@@ -293,10 +296,10 @@ def test_broken_version_fails_to_load_and_previous_keeps_serving(serving_v1):
 
 def test_unload_leaves_nothing_serving(serving_v1):
     server, control = serving_v1["server"], serving_v1["control"]
-    assert server.memory()["processes"] == 2
+    assert server.memory()["processes"] == 1 + INSTANCES
     control.unload(MODEL)  # waits until the unload has really ended
     assert control.served_versions(MODEL) == [] and not control.ready(MODEL)
-    assert server.memory()["processes"] == 1  # the stub process is gone
+    assert server.memory()["processes"] == 1  # the stub processes are gone
     for protocol, url in (("grpc", server.grpc_url), ("http", server.http_url)):
         with pytest.raises(ClassifyError):
             LaundryClient(url, protocol, retries=0).classify(_photo(13))
