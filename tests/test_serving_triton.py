@@ -120,7 +120,17 @@ def _session(onnx_path: Path):
 
 # ------------------------------------------------------------------------------------------------
 
-def test_start_stop_by_pid_leaves_nothing(deployment, tmp_path):
+@pytest.fixture
+def stop_afterwards():
+    """Servers a test starts itself, stopped at teardown if the test failed before stopping them."""
+    started = []
+    yield started.append
+    for server in started:
+        if server.running():
+            server.stop(timeout=5)
+
+
+def test_start_stop_by_pid_leaves_nothing(deployment, tmp_path, stop_afterwards):
     """A server of its own: live in well under a second, each model instance's stub is a child
     process, SIGTERM stops the whole tree, and no shared-memory region is left behind."""
     ss = deployment["ss"]
@@ -128,6 +138,7 @@ def test_start_stop_by_pid_leaves_nothing(deployment, tmp_path):
     before = shm()
     server = TritonServer.from_settings(ss, home=tmp_path / "t", http_port=free_port(), grpc_port=free_port(),
                                         metrics_port=free_port()).start()
+    stop_afterwards(server)
     assert server.start_seconds < 10
     health = server.health()
     assert health["live"] and health["ready"] and health["processes"] == 1
@@ -146,12 +157,13 @@ def test_start_stop_by_pid_leaves_nothing(deployment, tmp_path):
     assert not (mine & shm()), "shared-memory regions left behind"
 
 
-def test_stop_kills_the_tree_after_the_timeout(deployment, tmp_path):
+def test_stop_kills_the_tree_after_the_timeout(deployment, tmp_path, stop_afterwards):
     """No grace left (timeout 0): SIGKILL to the server and its stubs, their shared memory removed."""
     shm = lambda: set(Path("/dev/shm").glob("triton_python_backend_shm_region*"))  # noqa: E731
     before = shm()
     server = TritonServer.from_settings(deployment["ss"], home=tmp_path / "t", http_port=free_port(),
                                         grpc_port=free_port(), metrics_port=free_port()).start()
+    stop_afterwards(server)
     with ModelControl.for_server(server) as control:
         control.load_version(MODEL, 1)
     tree, mine = process_tree(server.pid), shm() - before
