@@ -119,7 +119,9 @@ def repeat(args, argv: list[str]) -> int:
     import subprocess
 
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    passthrough = [a for a in argv if not a.startswith(("--seeds", "--out"))]
+    # From the parsed options, not argv: "--seeds 11,12" or "--out FILE" as two words would leak.
+    passthrough = ["--tasks", str(args.tasks), "--holdout-min", str(args.holdout_min), "--days", str(args.days),
+                   "--copies", str(args.copies), *(["--quick"] if args.quick else []), *(["--keep"] if args.keep else [])]
     runs_out = []
     with tempfile.TemporaryDirectory(prefix="gymops-bench-pipeline-runs-") as tmp:
         for i, seed in enumerate(seeds):
