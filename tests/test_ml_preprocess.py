@@ -88,6 +88,21 @@ def test_augment_is_deterministic_in_its_seed():
     assert image_seed(0, "t-1", 1) == image_seed(0, "t-1", 1) != image_seed(0, "t-1", 2)
 
 
+def test_augment_rotates_hue_but_keeps_the_garment_visible():
+    # A saturated red patch on a grey background: its hue moves between copies, the background stays grey.
+    img = np.full((64, 64, 3), 128, np.uint8)
+    img[16:48, 16:48] = (200, 30, 30)
+    hues = set()
+    for s in range(30):
+        out = augment(img, s).astype(int)
+        centre = out[28:36, 28:36].reshape(-1, 3).mean(axis=0)
+        hues.add(int(np.argmax(centre)))  # the dominant channel: red, green or blue
+        corner = out[:6, :6].reshape(-1, 3).mean(axis=0)
+        assert corner.max() - corner.min() < 12  # hue rotation leaves grey grey
+        assert centre.max() - centre.min() > 60  # still a strongly coloured patch
+    assert hues == {0, 1, 2}
+
+
 def test_augment_rejects_non_rgb_uint8():
     with pytest.raises(ValueError):
         augment(np.zeros((8, 8), np.uint8), 0)
