@@ -1,0 +1,40 @@
+"""bench/pipeline's gate-pass probability: exact binomial sums, checked against a simulation."""
+import numpy as np
+import pytest
+
+from bench.pipeline import gate_pass_probability
+from gymops.verification import Thresholds
+
+VAL = {"good": 27, "defective": 11}
+HOLDOUT = {"good": 20, "defective": 20}
+
+
+def simulated(good: float, defective: float, draws: int = 40_000, seed: int = 0) -> float:
+    rng = np.random.default_rng(seed)
+    t = Thresholds()
+    vg, vd = rng.binomial(VAL["good"], good, draws), rng.binomial(VAL["defective"], defective, draws)
+    hg, hd = rng.binomial(HOLDOUT["good"], good, draws), rng.binomial(HOLDOUT["defective"], defective, draws)
+    eps = 1e-9
+    ok = ((vg + vd) / 38 >= t.val_accuracy - eps) & ((hg + hd) / 40 >= t.holdout_accuracy - eps) \
+        & (hg / 20 >= t.class_accuracy - eps) & (hd / 20 >= t.class_accuracy - eps)
+    return float(ok.mean())
+
+
+@pytest.mark.parametrize("good,defective", [(0.97, 0.96), (0.99, 0.93), (0.92, 0.92)])
+def test_matches_a_simulation_of_the_gates(good, defective):
+    assert gate_pass_probability(good, defective, VAL, HOLDOUT) == pytest.approx(simulated(good, defective), abs=0.01)
+
+
+def test_bounds_and_monotonic():
+    assert gate_pass_probability(1.0, 1.0, VAL, HOLDOUT) == pytest.approx(1.0)
+    assert gate_pass_probability(0.5, 0.5, VAL, HOLDOUT) < 1e-6
+    ps = [gate_pass_probability(a, a, VAL, HOLDOUT) for a in (0.90, 0.94, 0.97, 0.99)]
+    assert ps == sorted(ps) and ps[0] < 0.5 < ps[-1]
+    # A model exactly at the 0.90 class gate passes a 20-photo class only ~68% of the time.
+    assert gate_pass_probability(1.0, 0.90, {"good": 30, "defective": 8}, HOLDOUT) == pytest.approx(0.677, abs=0.01)
+
+
+def test_uses_the_thresholds_given():
+    strict, lax = Thresholds(class_accuracy=0.99), Thresholds(class_accuracy=0.5, val_accuracy=0.5, holdout_accuracy=0.5)
+    base = gate_pass_probability(0.95, 0.95, VAL, HOLDOUT)
+    assert gate_pass_probability(0.95, 0.95, VAL, HOLDOUT, strict) < base < gate_pass_probability(0.95, 0.95, VAL, HOLDOUT, lax)
