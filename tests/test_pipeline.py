@@ -56,6 +56,8 @@ def test_full_materialisation_learns_and_registers_a_candidate(pipeline_env, fir
     [version] = reg.history("laundry", limit=1)
     assert version.status == "candidate" and version.version == meta["version"].value
     assert version.dataset_id and version.run_id == first_run.run_id
+    # The dataset is stored under its id (lineage from the registry finds its files).
+    assert (settings.home / "pipeline" / "datasets" / version.dataset_id / "manifest.json").exists()
 
 
 def test_a_failing_gate_blocks_and_records_the_event(pipeline_env, first_run):
