@@ -113,6 +113,7 @@ def main(argv=None) -> int:
     from gymops.config import load_settings
     from gymops.dagster_home import prepare
     from gymops.photos import photo_store_for
+    from gymops.retraining import RetrainPolicy
     from gymops.serving.client import LaundryClient
     from gymops.serving.server import TritonServer
     from gymops.serving.settings import serving_settings
@@ -171,7 +172,8 @@ def main(argv=None) -> int:
                  f"by branch managers, {args.live_tasks} at a time until the sensor's threshold is in reach")
             client = LaundryClient(ss.grpc_url, "grpc")
             sender = HttpSender(base, ingest_settings.ingest_token)
-            threshold = int(DEMO_ENV["GYMOPS_RETRAIN_MIN_CORRECTIONS"])
+            # The sensor fires at once (no week has passed) when the corrections reach the urgent threshold.
+            threshold = RetrainPolicy.from_env().urgent_corrections
             corrected, served_by, first_seed = 0, set(), args.seed + 1000 + int(time.time()) % 1000
             # A better model is corrected less: keep the shop open until enough corrections came in.
             for batch in range(MAX_LIVE_BATCHES):

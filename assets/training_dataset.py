@@ -66,9 +66,7 @@ def training_dataset(context: dg.AssetExecutionContext, config: DatasetConfig, f
                                     progress=ProgressLog(context, "fetch photos"))
     holdout = Holdout.freeze_or_load(pipeline.path("holdout"), MODEL_TYPE, fetched, fraction=config.holdout_fraction,
                                      min_per_class=config.holdout_min_per_class, seed=config.seed)
-    # The id build_dataset will give it (over the tasks left after the holdout), so folder == id.
-    usable = [(rec, data) for rec, data in fetched if rec.task_id not in holdout]
-    dataset_id = dataset_id_for(usable, holdout.task_ids, config.val_fraction, config.copies, 224, config.seed)
+    dataset_id = dataset_id_for(fetched, holdout.task_ids, config.val_fraction, config.copies, 224, config.seed)
     manifest = build_dataset(fetched, holdout, pipeline.path("datasets", dataset_id), val_fraction=config.val_fraction,
                              copies=config.copies, seed=config.seed, progress=ProgressLog(context, "augment"))
     reasons = pd.Series([reason.split(":")[0] for _, reason in dropped]).value_counts().to_dict()

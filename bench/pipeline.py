@@ -130,20 +130,19 @@ def unseen_accuracy(onnx_path: str, n: int) -> dict:
     20-photo holdout class the gate reads."""
     import numpy as np
 
-    from gymops.events import DEFECTIVE
-    from gymops.ml.evaluate import evaluate_onnx
+    from gymops.ml.evaluate import classification_metrics, predict_onnx
     from gymops.ml.preprocess import decode_rgb, resize_rgb
     from gymops.simulator.garments import encode_jpeg, linen_photo
 
     rng = np.random.default_rng(UNSEEN_SEED)
     photos = [linen_photo(rng, defective=bool(i % 2)) for i in range(n)]
     x = np.stack([resize_rgb(decode_rgb(encode_jpeg(p.image))) for p in photos])
-    y = [p.label for p in photos]
-    m = evaluate_onnx(onnx_path, x, y)
+    p_defective = predict_onnx(onnx_path, x)[:, 1]
+    m = classification_metrics(p_defective, [p.label for p in photos], 0.5)
     kinds = {}
     for kind in sorted({p.defect for p in photos if p.defect}):
-        idx = [i for i, p in enumerate(photos) if p.defect == kind]
-        kinds[kind] = round(evaluate_onnx(onnx_path, x[idx], [DEFECTIVE] * len(idx))["accuracy"], 4)
+        caught = [p_defective[i] >= 0.5 for i, p in enumerate(photos) if p.defect == kind]
+        kinds[kind] = round(sum(caught) / len(caught), 4)
     return {"photos": n, "accuracy": m["accuracy"], "per_class_accuracy": m["per_class_accuracy"],
             "defect_kind_recall": kinds}
 
@@ -153,11 +152,10 @@ def gate_sample(pipeline_root: Path, dataset_id: str | None) -> dict | None:
     from gymops.ml.dataset import DatasetManifest, Holdout
 
     holdout = Holdout.load(pipeline_root / "holdout", "laundry")
-    manifests = [DatasetManifest.load(m.parent) for m in (pipeline_root / "datasets").glob("*/manifest.json")]
-    manifests = [m for m in manifests if m.dataset_id == dataset_id]
-    if holdout is None or not manifests:
+    folder = pipeline_root / "datasets" / str(dataset_id)
+    if holdout is None or not dataset_id or not folder.exists():
         return None
-    val = manifests[0].labels("val")
+    val = DatasetManifest.load(folder).labels("val")
     return {"val": {"good": int((val == 0).sum()), "defective": int((val == 1).sum())},
             "holdout": {k: int(v) for k, v in holdout.class_counts.items()}}
 
@@ -198,7 +196,8 @@ def repeat(args, argv: list[str]) -> int:
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     # From the parsed options, not argv: "--seeds 11,12" or "--out FILE" as two words would leak.
     passthrough = ["--tasks", str(args.tasks), "--holdout-min", str(args.holdout_min), "--days", str(args.days),
-                   "--copies", str(args.copies), "--unseen", str(args.unseen), *(["--quick"] if args.quick else []), *(["--keep"] if args.keep else [])]
+                   "--copies", str(args.copies), "--unseen", str(args.unseen),
+                   *(["--quick"] if args.quick else []), *(["--keep"] if args.keep else [])]
     runs_out = []
     with tempfile.TemporaryDirectory(prefix="gymops-bench-pipeline-runs-") as tmp:
         for i, seed in enumerate(seeds):

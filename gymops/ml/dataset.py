@@ -350,12 +350,14 @@ def dataset_id_for(
     fetched: Sequence[tuple[TaskRecord, bytes]], holdout_ids: Iterable[str], val_fraction: float, copies: int,
     size: int, seed: int,
 ) -> str:
-    """12 hex digits of sha256 over the sorted (task id, label, photo digest), holdout and config."""
+    """12 hex digits of sha256 over the sorted (task id, label, photo digest) of the tasks not held
+    out, the holdout and the config: the id build_dataset gives the same input."""
+    holdout_ids = set(holdout_ids)
     h = hashlib.sha256()
     config = {"format": DATASET_FORMAT, "val_fraction": val_fraction, "copies": copies, "size": size, "seed": seed,
               "augmentation": aug.DESCRIPTION, "holdout": sorted(holdout_ids)}
     h.update(json.dumps(config, sort_keys=True).encode())
-    for rec, data in sorted(fetched, key=lambda rd: rd[0].task_id):
+    for rec, data in sorted((rd for rd in fetched if rd[0].task_id not in holdout_ids), key=lambda rd: rd[0].task_id):
         h.update(f"\n{rec.task_id}\x00{rec.label}\x00{_digest(data)}".encode())
     return h.hexdigest()[:12]
 
