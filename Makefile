@@ -11,7 +11,7 @@ export FEAST_USAGE := False
 .PHONY: demo test venv setup up down status test-services bench-ingest clean
 
 demo: venv            ## the main job on the embedded profile (bootstraps the venv if needed)
-	$(PY) demo.py
+	$(PY) -m gymops.demo.loop
 
 test: venv            ## the whole test suite (service tests skip outside CI when a service is down)
 	$(PY) -m pytest -q

@@ -4,7 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.partitions import CONFIRMATION_DAYS
-from gymops import confirmations
+from gymops.history import confirmations
 from resources.feast import FeastResource
 from resources.pipeline import PipelineStore
 

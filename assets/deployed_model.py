@@ -3,7 +3,7 @@ import pandas as pd
 
 from assets.candidate_model import CandidateModel
 from assets.training_dataset import MODEL_TYPE
-from gymops.deploy import DeployFailed
+from gymops.deploy.deployer import DeployFailed
 from gymops.ml.dataset import Holdout
 from resources.pipeline import PipelineStore
 from resources.registry import RegistryResource

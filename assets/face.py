@@ -5,7 +5,7 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from gymops.face_samples import samples_between
+from gymops.history.face_samples import samples_between
 from resources.feast import FeastResource
 from resources.pipeline import PipelineStore
 

@@ -7,11 +7,12 @@ import pandas as pd
 from assets.candidate_model import CandidateModel, candidate_model, champion_holdout_accuracy
 from assets.corrected_tasks import corrected_tasks, load_days, partition_days
 from assets.training_dataset import MODEL_TYPE, training_dataset
-from gymops import outbox as events
-from gymops import verification
+from gymops.lifecycle import outbox as events
+from gymops.lifecycle import gates as verification
 from gymops.ml.dataset import DatasetManifest
 from gymops.ml.preprocess import normalise
-from gymops.registry import IllegalTransition
+from gymops.lifecycle.registry import IllegalTransition
+from gymops.settings import load_settings
 from resources.pipeline import PipelineStore
 from resources.registry import RegistryResource
 
@@ -69,7 +70,7 @@ def training_dataset_data_check(context: dg.AssetCheckExecutionContext, registry
 def accuracy_gate(context: dg.AssetCheckExecutionContext, pipeline: PipelineStore, registry: RegistryResource,
                   candidate_model: CandidateModel):
     champion, accuracy = champion_holdout_accuracy(registry.registry(), pipeline, 224)
-    gate = verification.accuracy_gate(candidate_model.metrics, accuracy, verification.thresholds_from_env())
+    gate = verification.accuracy_gate(candidate_model.metrics, accuracy, load_settings().gates)
     if champion:
         gate.figures["champion_version"] = champion
     return _result(context, registry, gate, candidate_model.version)
@@ -82,7 +83,7 @@ def accuracy_gate(context: dg.AssetCheckExecutionContext, pipeline: PipelineStor
 def performance_gate(context: dg.AssetCheckExecutionContext, registry: RegistryResource,
                      training_dataset: DatasetManifest, candidate_model: CandidateModel):
     samples = normalise(np.asarray(training_dataset.images("val")[:16]))
-    gate = verification.performance_gate(candidate_model.onnx_path, samples, verification.thresholds_from_env())
+    gate = verification.performance_gate(candidate_model.onnx_path, samples, load_settings().gates)
     return _result(context, registry, gate, candidate_model.version)
 
 

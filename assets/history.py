@@ -2,7 +2,7 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from gymops import history
+from gymops.history import tables as history
 from resources.feast import FeastResource
 
 

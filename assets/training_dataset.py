@@ -4,7 +4,7 @@ import pandas as pd
 from assets.corrected_tasks import corrected_tasks, load_days
 from assets.partitions import CONFIRMATION_DAYS
 from assets.progress import ProgressLog
-from gymops import confirmations
+from gymops.history import confirmations
 from gymops.ml.dataset import DatasetManifest, Holdout, TaskRecord, build_dataset, dataset_id_for, fetch_photos
 from resources.feast import FeastResource
 from resources.photos import PhotoStoreResource

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Deploy and rollback benchmark: gymops.deploy.Deployer against a real Triton, compared with a cold restart.
+"""Deploy and rollback benchmark: gymops.deploy.deployer.Deployer against a real Triton, compared with a cold restart.
 
 tritonserver (temporary repository: config.pbtxt and model.py copied from triton_models/laundry, free
 loopback ports, a random deploy token) and a registry with a transactional outbox on a temporary
@@ -111,13 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (None if (args.quick or args.rounds) else DEFAULT_OUT)
 
     from gymops.db import _engine, metadata
-    from gymops.deploy import Deployer
-    from gymops.outbox import Outbox
-    from gymops.registry import ModelRegistry
+    from gymops.deploy.deployer import Deployer
+    from gymops.lifecycle.outbox import Outbox
+    from gymops.lifecycle.registry import ModelRegistry
     from gymops.serving.client import LaundryClient
     from gymops.serving.control import LoadFailed, ModelControl
     from gymops.serving.server import TritonServer
-    from gymops.serving.settings import DEPLOY_HEADER
+    from gymops.settings import DEPLOY_HEADER, ServingSettings
 
     versions = build_versions()
     photos = bench_photos()

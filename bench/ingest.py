@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from gymops.config import settings_with  # noqa: E402  (after the path set-up above)
+from gymops.settings import Settings  # noqa: E402  (after the path set-up above)
 
 RESULTS = ROOT / "bench" / "results" / "ingest.json"
 TABLE = "task_confirmations"
@@ -197,8 +197,8 @@ def _publish_worker(env: dict, worker: int, workers: int, total: int, prefix: st
     """One publisher process: events worker, worker+workers, ... paced so that all workers
     together publish ``rate`` events/s (0: as fast as possible), each with publisher confirms."""
     os.environ.update(env)
-    from gymops.broker import Publisher
-    from gymops.config import load_settings
+    from gymops.ingest.broker import Publisher
+    from gymops.settings import load_settings
 
     publisher = Publisher(load_settings())
     publisher._connect()  # connect (and declare) before the clock starts
@@ -291,7 +291,7 @@ def pg_counts(conninfo: str, prefix: str) -> tuple[int, int]:
 def run_amqp(settings, label: str, events: int, rate: float, publishers: int, poll_s: float,
              stall_s: float, workdir: Path, tag: str) -> dict:
     from gymops import processes
-    from gymops.history import pg_conninfo
+    from gymops.history.tables import pg_conninfo
 
     prefix = f"bench-{tag}-{label}-"
     conninfo = pg_conninfo(settings)
@@ -422,7 +422,7 @@ def drop_services(settings, queues: list[str], keys: list[bytes] | None) -> None
     import pika
     import psycopg
 
-    from gymops.broker import parameters
+    from gymops.ingest.broker import parameters
 
     with contextlib.suppress(Exception):
         conn = pika.BlockingConnection(parameters(settings))
@@ -447,7 +447,7 @@ def drop_services(settings, queues: list[str], keys: list[bytes] | None) -> None
 def dead_letters_pg(settings) -> int | None:
     import psycopg
 
-    from gymops.history import pg_conninfo
+    from gymops.history.tables import pg_conninfo
 
     with contextlib.suppress(Exception):
         with psycopg.connect(pg_conninfo(settings), autocommit=True) as conn:
@@ -456,9 +456,9 @@ def dead_letters_pg(settings) -> int | None:
 
 
 def bench_amqp(args, tag: str, workdir: Path) -> dict:
-    from gymops import feature_store
+    from gymops.history import feature_store
 
-    settings = settings_with(
+    settings = Settings(
         profile="services", home=workdir / "services", pg_database=f"gymops_bench_{tag}",
         feast_project=f"gymops_bench_{tag}", rabbitmq_queue=f"gymops.bench.{tag}",
         ingest_token=f"bench-{tag}", s3_endpoint=f"http://127.0.0.1:{free_port()}",
@@ -501,7 +501,7 @@ def bench_amqp(args, tag: str, workdir: Path) -> dict:
 
 def run_http(settings, label: str, events: int, threads: int, batch: int, workdir: Path, tag: str) -> dict:
     from gymops import processes
-    from gymops.history import FileHistory
+    from gymops.history.tables import FileHistory
     from gymops.simulator.send import HttpSender
 
     prefix = f"bench-{tag}-{label}-"
@@ -598,9 +598,9 @@ def online_rows_sqlite(settings) -> int | None:
 
 
 def bench_http(args, tag: str, workdir: Path) -> dict:
-    from gymops import feature_store
+    from gymops.history import feature_store
 
-    settings = settings_with(profile="embedded", home=workdir / "embedded", feast_project=f"gymops_bench_{tag}",
+    settings = Settings(profile="embedded", home=workdir / "embedded", feast_project=f"gymops_bench_{tag}",
                              ingest_token=f"bench-{tag}", ingest_port=free_port(), batch_size=args.batch_size)
     t = time.monotonic()
     feature_store.apply(settings)
@@ -662,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
         args.max_events = min(args.max_events, 5000)
         args.http_events, args.http_baseline_events = min(args.http_events, 2000), min(args.http_baseline_events, 200)
 
-    from gymops.feature_store import quiet_env
+    from gymops.history.feature_store import quiet_env
 
     os.environ.update(quiet_env())
     tag = uuid.uuid4().hex[:8]

@@ -91,7 +91,7 @@ def _build_one(number: int, semver: str, seed: int, tasks: int, folder: Path) ->
     from gymops.ml.evaluate import evaluate_onnx
     from gymops.ml.export import export_onnx
     from gymops.ml.train import TrainConfig, train
-    from gymops.photos import LocalPhotoStore
+    from gymops.storage.photos import LocalPhotoStore
 
     started = time.perf_counter()
     work = folder / ".work"
@@ -323,7 +323,7 @@ def triton(versions: Sequence[ModelVersion], load: int | None = 1, **config_chan
     copied from triton_models/laundry), with version ``load`` served; stop it (by PID) afterwards."""
     from gymops.serving.control import ModelControl, pinned_config, write_version
     from gymops.serving.server import TritonServer
-    from gymops.serving.settings import DEPLOY_HEADER
+    from gymops.settings import DEPLOY_HEADER, ServingSettings
 
     tmp = Path(tempfile.mkdtemp(prefix="gymops-bench-triton-"))
     server = control = None

@@ -62,8 +62,8 @@ def main(argv=None) -> int:
     import dagster as dg
 
     import runs
-    from gymops import feature_store
-    from gymops.config import load_settings
+    from gymops.history import feature_store
+    from gymops.settings import load_settings
     from gymops.simulator.history import ingest_simulated_history
 
     settings = load_settings()
@@ -162,13 +162,13 @@ def gate_sample(pipeline_root: Path, dataset_id: str | None) -> dict | None:
 
 def gate_pass_probability(good: float, defective: float, val: dict, holdout: dict, gates=None) -> float:
     """How often a model with these true per-class accuracies passes the accuracy gates (the
-    thresholds of ``gates``, a verification.Thresholds) measured on validation and holdout sets with
+    thresholds of ``gates``, a verification.GateSettings) measured on validation and holdout sets with
     these photos per class: independent binomial errors per class, champion comparison left out."""
     from math import comb
 
-    from gymops.verification import Thresholds
+    from gymops.lifecycle.gates import GateSettings
 
-    gates = gates or Thresholds()
+    gates = gates or GateSettings()
 
     def pmf(k: int, n: int, p_err: float) -> float:
         return comb(n, k) * p_err**k * (1 - p_err) ** (n - k)
@@ -191,7 +191,7 @@ def repeat(args, argv: list[str]) -> int:
     import statistics
     import subprocess
 
-    from gymops.verification import Thresholds
+    from gymops.lifecycle.gates import GateSettings
 
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     # From the parsed options, not argv: "--seeds 11,12" or "--out FILE" as two words would leak.
@@ -243,7 +243,7 @@ def repeat(args, argv: list[str]) -> int:
         "targets": {"total_s<=600": all(r["total_s"] <= 600 for r in runs_out),
                     "gates_passed_every_run": passed == len(runs_out),
                     "unseen_each_class>=class_gate": bool(unseen) and all(
-                        min(u["per_class_accuracy"].values()) >= Thresholds().class_accuracy for u in unseen)},
+                        min(u["per_class_accuracy"].values()) >= GateSettings().class_accuracy for u in unseen)},
         "runs": [{"history_seed": r["workload"]["history_seed"], "success": r["success"], "gates": r["gates"],
                   "counts": r["workload"]["counts"], "epochs": r["epochs"], "val_accuracy": r["val_accuracy"],
                   "holdout_accuracy": r["holdout_accuracy"], "per_class_accuracy": r["per_class_accuracy"],

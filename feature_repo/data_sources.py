@@ -1,9 +1,9 @@
-"""Push sources; their batch sources are the history tables of gymops.history, per profile."""
+"""Push sources; their batch sources are the history tables of gymops.history.tables, per profile."""
 from feast import FileSource, PushSource
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
 
-from gymops.config import load_settings
-from gymops.history import FACE_SAMPLES, TASK_CONFIRMATIONS
+from gymops.settings import load_settings
+from gymops.history.tables import FACE_SAMPLES, TASK_CONFIRMATIONS
 
 _settings = load_settings()
 

@@ -5,7 +5,7 @@ import pyarrow as pa
 from feast import FeatureView, Field
 from feast.types import Bool, Float64, String, UnixTimestamp
 
-from gymops.history import ENTITY_KEYS, FACE_SAMPLES, TABLES, TASK_CONFIRMATIONS
+from gymops.history.tables import ENTITY_KEYS, FACE_SAMPLES, TABLES, TASK_CONFIRMATIONS
 
 from data_sources import face_samples_push, task_confirmations_push
 from entities import member, task

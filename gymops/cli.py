@@ -9,11 +9,11 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from gymops.config import ConfigError, load_settings
+from gymops.settings import ConfigError, load_settings
 
 
 def _replicator(settings):
-    from gymops.replicator import Replicator
+    from gymops.ingest.replicator import Replicator
 
     return Replicator(settings)
 
@@ -38,7 +38,7 @@ def _chunks(items, size):
 
 
 def cmd_setup(settings, args) -> int:
-    from gymops import feature_store
+    from gymops.history import feature_store
     from gymops.db import engine_for
 
     feature_store.apply(settings, quiet=False)
@@ -66,8 +66,10 @@ def cmd_ingest(settings, args) -> int:
 
 
 def cmd_send(settings, args) -> int:
+    from gymops.settings import ensure_tokens
     from gymops.simulator.send import HttpSender, send_amqp
 
+    settings = ensure_tokens(settings)
     lines = (line.decode("utf-8", errors="backslashreplace") for line in _jsonl_lines(args.file))
     if args.via == "amqp":
         n = send_amqp(settings, lines, args.rate)
@@ -80,7 +82,7 @@ def cmd_send(settings, args) -> int:
 
 
 def cmd_consume(settings, args) -> int:
-    from gymops.broker import Consumer
+    from gymops.ingest.broker import Consumer
 
     log = logging.getLogger("gymops.consume")
     consumer = Consumer(settings, _replicator(settings),
@@ -91,8 +93,10 @@ def cmd_consume(settings, args) -> int:
 
 
 def cmd_serve_ingest(settings, args) -> int:
-    from gymops.http_ingest import serve
+    from gymops.ingest.http import serve
+    from gymops.settings import ensure_tokens
 
+    settings = ensure_tokens(settings)
     print(f"ingestion endpoint on http://{settings.ingest_host}:{settings.ingest_port}/v1/events "
           f"(token in {settings.home / 'ingest.token'} unless GYMOPS_INGEST_TOKEN is set)", flush=True)
     serve(settings, _replicator(settings))
@@ -101,7 +105,7 @@ def cmd_serve_ingest(settings, args) -> int:
 
 def cmd_deadletters(settings, args) -> int:
     from gymops.db import engine_for
-    from gymops.deadletters import DeadLetterStore
+    from gymops.ingest.deadletters import DeadLetterStore
 
     if args.action == "list":
         letters = DeadLetterStore(engine_for(settings)).list(include_replayed=args.all, limit=args.limit)
@@ -113,7 +117,7 @@ def cmd_deadletters(settings, args) -> int:
                 print(f"    {letter.payload}")
         print(f"{len(letters)} dead letter(s)", file=sys.stderr)
         return 0
-    from gymops.replicator import replay_dead_letters
+    from gymops.ingest.replicator import replay_dead_letters
 
     payload = Path(args.payload_file).read_text() if args.payload_file else None
     if payload is not None and len(args.ids) != 1:
@@ -130,7 +134,7 @@ def cmd_deadletters(settings, args) -> int:
 
 
 def cmd_history(settings, args) -> int:
-    from gymops import history
+    from gymops.history import tables as history
 
     since = datetime.now(timezone.utc) - timedelta(days=args.days)
     out = {"profile": settings.profile, "since": since.isoformat()}

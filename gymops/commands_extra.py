@@ -11,20 +11,20 @@ def cmd_simulate(settings, args) -> int:
 
 
 def cmd_demo(settings, args) -> int:
-    from gymops.demo import run
+    from gymops.demo.replication import run
 
     return run(settings, args)
 
 
 def _deployer(settings):
     from gymops.db import engine_for
-    from gymops.deploy import Deployer
-    from gymops.outbox import Outbox
-    from gymops.registry import ModelRegistry
-    from gymops.serving.settings import serving_settings
+    from gymops.deploy.deployer import Deployer
+    from gymops.lifecycle.outbox import Outbox
+    from gymops.lifecycle.registry import ModelRegistry
+    from gymops.settings import ensure_tokens
 
     engine = engine_for(settings)
-    return Deployer.for_settings(ModelRegistry(engine, outbox=Outbox(engine)), serving_settings(settings))
+    return Deployer.for_settings(ModelRegistry(engine, outbox=Outbox(engine)), ensure_tokens(settings).serving)
 
 
 def cmd_rollback(settings, args) -> int:

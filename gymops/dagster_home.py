@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from gymops.config import PROJECT_ROOT
+from gymops.settings import PROJECT_ROOT
 
 
 def prepare(settings) -> Path:

@@ -23,7 +23,7 @@ def _engine(url: str) -> sa.Engine:
 
 
 def engine_for(settings) -> sa.Engine:
-    from gymops.feature_store import ensure_database
+    from gymops.history.feature_store import ensure_database
 
     settings.home.mkdir(parents=True, exist_ok=True)
     ensure_database(settings)

@@ -10,21 +10,14 @@ from pathlib import Path
 
 import requests
 
-from gymops.config import PROJECT_ROOT
+from gymops.settings import PROJECT_ROOT
 
 
 def child_env(settings) -> dict[str, str]:
     """Environment for a child `python -m gymops ...` that loads the same settings."""
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GYMOPS_")}
     env.update(settings.environment())
-    env.update({
-        "GYMOPS_PROFILE": settings.profile, "GYMOPS_HOME": str(settings.home),
-        "GYMOPS_PG_DATABASE": settings.pg_database, "GYMOPS_RABBITMQ_QUEUE": settings.rabbitmq_queue,
-        "GYMOPS_FEAST_PROJECT": settings.feast_project, "GYMOPS_INGEST_TOKEN": settings.ingest_token,
-        "GYMOPS_INGEST_PORT": str(settings.ingest_port), "GYMOPS_BATCH_SIZE": str(settings.batch_size),
-        "GYMOPS_BATCH_WAIT_MS": str(settings.batch_wait_ms), "GYMOPS_S3_ENDPOINT": settings.s3_endpoint,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
-    })
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
     return env
 
 

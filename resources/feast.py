@@ -2,8 +2,8 @@ from datetime import datetime
 
 import dagster as dg
 
-from gymops import history
-from gymops.config import load_settings
+from gymops.history import tables as history
+from gymops.settings import load_settings
 
 
 class FeastResource(dg.ConfigurableResource):
@@ -19,7 +19,7 @@ class FeastResource(dg.ConfigurableResource):
         return settings
 
     def store(self):
-        from gymops.feature_store import open_store
+        from gymops.history.feature_store import open_store
 
         return open_store(self.settings())
 

@@ -1,6 +1,6 @@
 import dagster as dg
 
-from gymops.config import load_settings
+from gymops.settings import load_settings
 
 
 class PhotoStoreResource(dg.ConfigurableResource):
@@ -10,6 +10,6 @@ class PhotoStoreResource(dg.ConfigurableResource):
         return self.store().get(url)
 
     def store(self):
-        from gymops.photos import photo_store_for
+        from gymops.storage.photos import photo_store_for
 
         return photo_store_for(load_settings())

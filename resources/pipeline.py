@@ -3,7 +3,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from gymops.config import load_settings
+from gymops.settings import load_settings
 
 
 class PipelineStore(dg.ConfigurableResource):

@@ -2,7 +2,7 @@ from datetime import datetime
 
 import dagster as dg
 
-from gymops.config import load_settings
+from gymops.settings import load_settings
 
 
 class RegistryResource(dg.ConfigurableResource):
@@ -15,14 +15,14 @@ class RegistryResource(dg.ConfigurableResource):
 
     def registry(self):
         """Status changes (activate, reject, rollback) record their event in the outbox, atomically."""
-        from gymops.outbox import Outbox
-        from gymops.registry import ModelRegistry
+        from gymops.lifecycle.outbox import Outbox
+        from gymops.lifecycle.registry import ModelRegistry
 
         engine = self._engine()
         return ModelRegistry(engine, outbox=Outbox(engine))
 
     def outbox(self):
-        from gymops.outbox import Outbox
+        from gymops.lifecycle.outbox import Outbox
 
         return Outbox(self._engine())
 

@@ -1,6 +1,6 @@
 import dagster as dg
 
-from gymops.config import load_settings
+from gymops.settings import load_settings
 
 
 class TritonResource(dg.ConfigurableResource):
@@ -8,11 +8,11 @@ class TritonResource(dg.ConfigurableResource):
     model repository. The server itself runs outside Dagster (`make up`, `python -m gymops.serving start`)."""
 
     def serving(self):
-        from gymops.serving.settings import serving_settings
+        from gymops.settings import ensure_tokens
 
-        return serving_settings(load_settings())
+        return ensure_tokens(load_settings()).serving
 
     def deployer(self, registry):
-        from gymops.deploy import Deployer
+        from gymops.deploy.deployer import Deployer
 
         return Deployer.for_settings(registry, self.serving())

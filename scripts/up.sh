@@ -41,7 +41,7 @@ case "${1:-start}" in
 for k, v in load_settings().environment().items(): print(f"export {k}={shlex.quote(v)}")')"
     export DAGSTER_HOME; DAGSTER_HOME=$($PY -c 'from gymops.config import load_settings; from gymops.dagster_home import prepare; print(prepare(load_settings()))')
     if [ "$PROFILE" = services ]; then
-      $PY -m gymops.s3server start
+      $PY -m gymops.storage.s3server start
       launch consumer "$PY" -m gymops -v consume
     fi
     launch ingest "$PY" -m gymops serve-ingest
@@ -53,7 +53,7 @@ for k, v in load_settings().environment().items(): print(f"export {k}={shlex.quo
     halt dagster INT
     halt ingest
     halt consumer
-    [ "$PROFILE" = services ] && $PY -m gymops.s3server stop || true
+    [ "$PROFILE" = services ] && $PY -m gymops.storage.s3server stop || true
     ;;
   status)
     for name in dagster ingest consumer; do

@@ -4,7 +4,8 @@ from datetime import datetime, timezone
 import dagster as dg
 
 from assets.partitions import CONFIRMATION_DAYS
-from gymops.retraining import RetrainPolicy, decide
+from gymops.lifecycle.retraining import decide
+from gymops.settings import load_settings
 from resources.feast import FeastResource
 from resources.registry import RegistryResource
 
@@ -29,7 +30,7 @@ def laundry_corrections_sensor_fn(context: dg.SensorEvaluationContext, feast: Fe
     # since the last training, or since the last launch if that is newer (a run may still be going)
     since = max((t for t in (trained, launched) if t is not None), default=None)
     corrections = feast.corrections_since("laundry", since or EPOCH)
-    decision = decide(corrections, since, now, RetrainPolicy.from_env())
+    decision = decide(corrections, since, now, load_settings().retrain)
     if not decision.retrain:
         return dg.SkipReason(decision.reason)
     start, end = training_window(since, now)

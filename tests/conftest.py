@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from gymops.config import load_settings, settings_with  # noqa: F401 (tests import it from here)
+from gymops.settings import Settings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SERVICES = {"PostgreSQL": ("127.0.0.1", 5432), "Redis": ("127.0.0.1", 6379), "RabbitMQ": ("127.0.0.1", 5672)}
@@ -45,9 +45,9 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def embedded(tmp_path_factory):
     """An applied embedded profile in a fresh GYMOPS_HOME."""
-    from gymops import feature_store
+    from gymops.history import feature_store
 
-    settings = settings_with(profile="embedded", home=tmp_path_factory.mktemp("embedded"),
+    settings = Settings(profile="embedded", home=tmp_path_factory.mktemp("embedded"),
                              ingest_token="test-token-" + uuid.uuid4().hex, batch_wait_ms=50)
     feature_store.apply(settings)
     return settings
@@ -57,10 +57,10 @@ def embedded(tmp_path_factory):
 def services(tmp_path_factory):
     """An applied services profile on its own database, Feast project and queue."""
     require_services()
-    from gymops import feature_store
+    from gymops.history import feature_store
 
     tag = uuid.uuid4().hex[:8]
-    settings = settings_with(profile="services", home=tmp_path_factory.mktemp("services"),
+    settings = Settings(profile="services", home=tmp_path_factory.mktemp("services"),
                              pg_database=f"gymops_test_{tag}", feast_project=f"gymops_test_{tag}",
                              rabbitmq_queue=f"gymops.test.{tag}", ingest_token="test-token-" + tag,
                              batch_wait_ms=50, s3_endpoint=f"http://127.0.0.1:{free_port()}")
@@ -73,7 +73,7 @@ def _drop_services(settings) -> None:
     import pika
     import psycopg
 
-    from gymops.broker import parameters
+    from gymops.ingest.broker import parameters
 
     with contextlib.suppress(Exception):
         conn = pika.BlockingConnection(parameters(settings))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from bench.pipeline import gate_pass_probability
-from gymops.verification import Thresholds
+from gymops.lifecycle.gates import GateSettings
 
 VAL = {"good": 27, "defective": 11}
 HOLDOUT = {"good": 20, "defective": 20}
@@ -11,7 +11,7 @@ HOLDOUT = {"good": 20, "defective": 20}
 
 def simulated(good: float, defective: float, draws: int = 40_000, seed: int = 0) -> float:
     rng = np.random.default_rng(seed)
-    t = Thresholds()
+    t = GateSettings()
     vg, vd = rng.binomial(VAL["good"], good, draws), rng.binomial(VAL["defective"], defective, draws)
     hg, hd = rng.binomial(HOLDOUT["good"], good, draws), rng.binomial(HOLDOUT["defective"], defective, draws)
     eps = 1e-9
@@ -35,6 +35,6 @@ def test_bounds_and_monotonic():
 
 
 def test_uses_the_thresholds_given():
-    strict, lax = Thresholds(class_accuracy=0.99), Thresholds(class_accuracy=0.5, val_accuracy=0.5, holdout_accuracy=0.5)
+    strict, lax = GateSettings(class_accuracy=0.99), GateSettings(class_accuracy=0.5, val_accuracy=0.5, holdout_accuracy=0.5)
     base = gate_pass_probability(0.95, 0.95, VAL, HOLDOUT)
     assert gate_pass_probability(0.95, 0.95, VAL, HOLDOUT, strict) < base < gate_pass_probability(0.95, 0.95, VAL, HOLDOUT, lax)

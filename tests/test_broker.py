@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
-from gymops import history
-from gymops.broker import Publisher
+from gymops.history import tables as history
+from gymops.ingest.broker import Publisher
 from gymops.processes import start, stop, wait_for
 from test_replicator import task_event
 
@@ -60,7 +60,7 @@ def test_consumer_stores_valid_events_and_dead_letters_the_rest(queue_settings, 
         assert stop(proc) == 0, (tmp_path / "consume.log").read_text()[-2000:]
     assert_exactly_once(settings, ids)
     from gymops.db import engine_for
-    from gymops.deadletters import DeadLetterStore
+    from gymops.ingest.deadletters import DeadLetterStore
 
     letters = [d for d in DeadLetterStore(engine_for(settings)).list(limit=10_000) if d.source == "amqp"]
     assert {"{nope"} <= {d.payload for d in letters}

@@ -2,8 +2,8 @@ import json
 
 import dagster as dg
 
-from gymops.photos import photo_store_for
-from gymops.replicator import Replicator
+from gymops.storage.photos import photo_store_for
+from gymops.ingest.replicator import Replicator
 from test_replicator import task_event
 
 

@@ -1,4 +1,4 @@
-"""gymops.deploy against a real Triton server and a real registry (SQLite, transactional outbox).
+"""gymops.deploy.deployer against a real Triton server and a real registry (SQLite, transactional outbox).
 
 Every test gets its own model repository, registry database and tritonserver on free loopback
 ports (the server starts in well under a second). The models are tiny ONNX graphs with the laundry
@@ -22,17 +22,17 @@ import sqlalchemy as sa
 from PIL import Image
 
 from conftest import IN_CI, free_port
-from gymops.config import PROJECT_ROOT
+from gymops.settings import DEPLOY_HEADER, PROJECT_ROOT
 from gymops.db import _engine, metadata
-from gymops.deploy import STEPS, CandidateRejected, DeployFailed, Deployer
-from gymops.outbox import (MODEL_DEPLOYED, MODEL_ROLLED_BACK, MODEL_VERIFICATION_FAILED, Outbox,
+from gymops.deploy.deployer import STEPS, CandidateRejected, DeployFailed, Deployer
+from gymops.lifecycle.outbox import (MODEL_DEPLOYED, MODEL_ROLLED_BACK, MODEL_VERIFICATION_FAILED, Outbox,
                            outbox as outbox_table)
-from gymops.registry import ModelRegistry
+from gymops.lifecycle.registry import ModelRegistry
 from gymops.serving.client import LaundryClient
 from gymops.serving.control import ModelControl, write_version
 from gymops.serving.server import TritonServer, TritonUnavailable, _stub_shm_regions, check_runnable, pid_alive, \
     process_tree
-from gymops.serving.settings import DEPLOY_HEADER
+from gymops.settings import ServingSettings
 
 pytestmark = pytest.mark.slow
 MODEL = "laundry"

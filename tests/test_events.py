@@ -3,7 +3,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from gymops.events import (
+from gymops.ingest.events import (
     EventValidationError,
     FaceAuthenticatedEvent,
     TaskConfirmedEvent,
@@ -11,7 +11,7 @@ from gymops.events import (
     normalise_label,
     parse_event,
 )
-from gymops.photos import LocalPhotoStore
+from gymops.storage.photos import LocalPhotoStore
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 

@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from conftest import free_port
-from gymops import history
+from gymops.history import tables as history
 from gymops.processes import start, stop, wait_http
 from test_replicator import task_event
 

@@ -7,13 +7,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from gymops.events import DEFECTIVE, GOOD
+from gymops.ingest.events import DEFECTIVE, GOOD
 from gymops.ml.bench import records_from_traffic
 from gymops.ml.dataset import (
     DatasetManifest, Holdout, NotEnoughData, TaskRecord, build_dataset, fetch_photos,
 )
 from gymops.ml.preprocess import normalise, preprocess
-from gymops.photos import LocalPhotoStore
+from gymops.storage.photos import LocalPhotoStore
 
 SIZE = 64  # small images keep these tests fast; the logic is size-independent
 

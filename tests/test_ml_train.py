@@ -15,7 +15,7 @@ from gymops.ml.dataset import build_dataset, fetch_photos
 from gymops.ml.evaluate import classification_metrics, evaluate_onnx, predict_onnx
 from gymops.ml.export import ExportMismatch, export_onnx
 from gymops.ml.train import DefectHead, TrainConfig, _class_weights, calibrate_threshold, train
-from gymops.photos import LocalPhotoStore
+from gymops.storage.photos import LocalPhotoStore
 
 SIZE = 224
 CFG = TrainConfig(max_epochs=15, patience=15, seed=0, checkpoint_every=5)

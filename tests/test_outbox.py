@@ -7,10 +7,10 @@ from datetime import datetime, timezone
 import pytest
 
 from gymops.db import engine_for
-from gymops.outbox import (MODEL_DEPLOYED, MODEL_EVENTS_EXCHANGE, MODEL_ROLLED_BACK, MODEL_VERIFICATION_FAILED,
+from gymops.lifecycle.outbox import (MODEL_DEPLOYED, MODEL_EVENTS_EXCHANGE, MODEL_ROLLED_BACK, MODEL_VERIFICATION_FAILED,
                            Outbox, model_deployed, model_rolled_back, model_verification_failed, outbox,
                            rabbitmq_publisher)
-from gymops.registry import IllegalTransition, ModelRegistry, model_versions
+from gymops.lifecycle.registry import IllegalTransition, ModelRegistry, model_versions
 
 REASONS = [{"gate": "accuracy", "check": "val_accuracy", "value": 0.85, "threshold": 0.9,
             "message": "validation accuracy 0.8500 is below 0.9000"}]
@@ -128,7 +128,7 @@ def test_publish_pending_marks_only_after_success_and_retries(box):
 def test_published_event_reaches_a_bound_queue(services):
     import pika
 
-    from gymops.broker import parameters
+    from gymops.ingest.broker import parameters
 
     engine = engine_for(services)
     box = Outbox(engine)

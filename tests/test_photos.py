@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IN_CI, free_port, settings_with
-from gymops import s3server
-from gymops.events import EventValidationError, TaskConfirmedEvent, parse_event
-from gymops.photos import LocalPhotoStore, S3PhotoStore, check_key, photo_store_for
+from conftest import IN_CI, free_port
+from gymops.settings import Settings
+from gymops.storage import s3server
+from gymops.ingest.events import EventValidationError, TaskConfirmedEvent, parse_event
+from gymops.storage.photos import LocalPhotoStore, S3PhotoStore, check_key, photo_store_for
 
 JPEG = b"\xff\xd8\xff\xe0 not really a photo \xff\xd9"
 
@@ -129,9 +130,9 @@ def test_local_get_refuses_symlink_escape(local, tmp_path):
 
 
 def test_photo_store_for_profile(tmp_path):
-    embedded = photo_store_for(settings_with(profile="embedded", home=tmp_path))
+    embedded = photo_store_for(Settings(profile="embedded", home=tmp_path))
     assert isinstance(embedded, LocalPhotoStore) and embedded.root == tmp_path / "photos"
-    services = photo_store_for(settings_with(profile="services", home=tmp_path, s3_bucket="b1"))
+    services = photo_store_for(Settings(profile="services", home=tmp_path, s3_bucket="b1"))
     assert isinstance(services, S3PhotoStore) and services.bucket == "b1"
 
 
@@ -150,7 +151,7 @@ def _need_weed() -> None:
 def s3(tmp_path_factory):
     _need_weed()
     home = tmp_path_factory.mktemp("s3home")
-    settings = settings_with(profile="services", home=home, s3_endpoint=f"http://127.0.0.1:{free_port()}",
+    settings = Settings(profile="services", home=home, s3_endpoint=f"http://127.0.0.1:{free_port()}",
                              s3_bucket="test-photos", s3_access_key="test-key", s3_secret_key="test-secret")
     server = s3server.start(settings, home / "s3")
     try:
@@ -200,7 +201,7 @@ def test_s3server_cli_start_status_stop_keeps_data(tmp_path, monkeypatch, capsys
     monkeypatch.setenv("GYMOPS_PROFILE", "services")
     monkeypatch.setenv("GYMOPS_HOME", str(tmp_path))
     monkeypatch.setenv("GYMOPS_S3_ENDPOINT", f"http://127.0.0.1:{free_port()}")
-    settings = settings_with()
+    settings = Settings()
     pid_file = tmp_path / "run" / "s3server.pid"
     pids = []
     try:

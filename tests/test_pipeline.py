@@ -14,10 +14,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def pipeline_env(tmp_path_factory):
-    from conftest import settings_with
-    from gymops import feature_store
+    from gymops.settings import Settings
+    from gymops.history import feature_store
 
-    settings = settings_with(profile="embedded", home=tmp_path_factory.mktemp("pipeline"), ingest_token="t")
+    settings = Settings(profile="embedded", home=tmp_path_factory.mktemp("pipeline"), ingest_token="t")
     feature_store.apply(settings)
     with environ({**settings.environment(), **LENIENT_GATES}):
         first, last = ingest_simulated_history(settings, tasks=160, days=3)
@@ -33,8 +33,8 @@ def first_run(pipeline_env):
 
 def registry(settings):
     from gymops.db import engine_for
-    from gymops.outbox import Outbox
-    from gymops.registry import ModelRegistry
+    from gymops.lifecycle.outbox import Outbox
+    from gymops.lifecycle.registry import ModelRegistry
 
     engine = engine_for(settings)
     return ModelRegistry(engine, outbox=Outbox(engine)), Outbox(engine)
@@ -100,8 +100,8 @@ def test_data_check_fails_on_corrupt_history(pipeline_env, tmp_path):
     import pyarrow as pa
     from datetime import datetime, timezone
 
-    from gymops import history
-    from gymops.replicator import history_frame
+    from gymops.history import tables as history
+    from gymops.ingest.replicator import history_frame
 
     settings, instance, first, last = pipeline_env
     row = {c: None for c in history.column_names(history.TASK_CONFIRMATIONS)}
@@ -124,7 +124,7 @@ def _remove_row(settings, event_id):
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from gymops import history
+    from gymops.history import tables as history
 
     folder = settings.feast_offline_dir / history.TASK_CONFIRMATIONS
     for path in folder.glob("*.parquet"):

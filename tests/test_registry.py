@@ -6,8 +6,8 @@ import pytest
 import sqlalchemy as sa
 
 from gymops.db import engine_for
-from gymops.outbox import outbox
-from gymops.registry import (IllegalTransition, ModelRegistry, RegistryError, VersionNotFound, model_versions,
+from gymops.lifecycle.outbox import outbox
+from gymops.lifecycle.registry import (IllegalTransition, ModelRegistry, RegistryError, VersionNotFound, model_versions,
                              next_version)
 
 LITE = "efficientnet_lite0"

@@ -5,9 +5,9 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from gymops import history
-from gymops.photos import photo_store_for
-from gymops.replicator import Replicator, replay_dead_letters
+from gymops.history import tables as history
+from gymops.storage.photos import photo_store_for
+from gymops.ingest.replicator import Replicator, replay_dead_letters
 
 
 def task_event(photo_url, corrected=True, event_id=None, task_id=None, **over):
@@ -133,8 +133,8 @@ def test_corrections_since_counts_only_recent_corrections(replicator, photo_url,
 def test_file_history_recovers_a_batch_interrupted_by_a_crash(tmp_path):
     """A crash between the parquet write and the ledger commit leaves a tmp file that must be
     discarded; one after the commit but before the rename must be finished. Either way: once."""
-    from gymops.replicator import history_frame, history_row
-    from gymops.events import parse_event
+    from gymops.ingest.replicator import history_frame, history_row
+    from gymops.ingest.events import parse_event
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -184,10 +184,11 @@ def test_query_plan_of_corrections_since_uses_an_index(profile):
 def test_a_store_outage_acknowledges_nothing_and_a_retry_lands_once(services, tmp_path):
     """Redis (the online store) unreachable: the push fails, ingest raises, the offline history
     has none of the batch; once the store is back the same batch lands exactly once."""
-    from conftest import free_port, settings_with
-    from gymops.feature_store import open_store
+    from conftest import free_port
+    from gymops.settings import Settings
+    from gymops.history.feature_store import open_store
 
-    broken = settings_with(profile="services", home=tmp_path, pg_database=services.pg_database,
+    broken = Settings(profile="services", home=tmp_path, pg_database=services.pg_database,
                            feast_project=services.feast_project, redis_url=f"redis://127.0.0.1:{free_port()}/0")
     photo = f"s3://{services.s3_bucket}/tasks/BR-1/p.jpg"
     batch = [json.dumps(task_event(photo)) for _ in range(20)]

@@ -6,12 +6,13 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import pytest
 
-from gymops.retraining import Decision, RetrainPolicy, decide
-from gymops.replicator import Replicator
+from gymops.lifecycle.retraining import Decision, decide
+from gymops.settings import RetrainSettings, Settings
+from gymops.ingest.replicator import Replicator
 from test_replicator import task_event
 
 NOW = datetime(2026, 11, 22, 12, tzinfo=timezone.utc)
-POLICY = RetrainPolicy(min_corrections=100, min_interval=timedelta(days=7), urgent_corrections=300)
+POLICY = RetrainSettings(min_corrections=100, min_days=7, urgent_corrections=300)
 
 
 @pytest.mark.parametrize("corrections,days_ago,retrain,why", [
@@ -31,10 +32,10 @@ def test_the_rule(corrections, days_ago, retrain, why):
 @pytest.fixture
 def sensor_env(tmp_path, monkeypatch):
     """An embedded profile of its own (empty history and registry) seen by the Dagster resources."""
-    from conftest import settings_with
-    from gymops import feature_store
 
-    settings = settings_with(profile="embedded", home=tmp_path / "home", ingest_token="t")
+    from gymops.history import feature_store
+
+    settings = Settings(profile="embedded", home=tmp_path / "home", ingest_token="t")
     feature_store.apply(settings)
     for key, value in settings.environment().items():
         monkeypatch.setenv(key, value)
@@ -48,7 +49,7 @@ def ingest_corrections(settings, n, corrected=True):
 
 def register_training(settings, days_ago):
     from gymops.db import engine_for
-    from gymops.registry import ModelRegistry
+    from gymops.lifecycle.registry import ModelRegistry
 
     return ModelRegistry(engine_for(settings)).register_candidate(
         "laundry", "efficientnet_lite0", {"accuracy": 0.9}, "ds-1", "run-1", "/nonexistent.onnx",

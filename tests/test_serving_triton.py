@@ -20,13 +20,14 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import IN_CI, free_port, settings_with
-from gymops.config import PROJECT_ROOT
+from conftest import IN_CI, free_port
+from gymops.settings import Settings
+from gymops.settings import DEPLOY_HEADER, PROJECT_ROOT
 from gymops.ml.preprocess import preprocess
 from gymops.serving.client import ClassifyError, InvalidPhoto, LaundryClient
 from gymops.serving.control import AccessRefused, LoadFailed, ModelControl, template_config, write_version
 from gymops.serving.server import TritonServer, TritonUnavailable, check_runnable, pid_alive, process_tree
-from gymops.serving.settings import DEPLOY_HEADER, serving_settings
+from gymops.settings import ServingSettings
 
 # Stub processes per loaded version: the template's instance count.
 INSTANCES = sum(int(g.get("count", 1)) for g in template_config(PROJECT_ROOT / "triton_models", "laundry")["instance_group"])
@@ -91,8 +92,8 @@ def deployment(tmp_path_factory):
     onnx[3].write_bytes(onnx[1].read_bytes()[:200] + b"\x00garbage" * 50)
     for v, semver in VERSIONS.items():
         write_version(repo, MODEL, v, onnx[v], {"version": semver})
-    settings = settings_with(home=root / "home")
-    ss = serving_settings(settings, repository=repo, deploy_token=TOKEN, http_port=free_port(),
+    settings = Settings(home=root / "home")
+    ss = settings.serving.replace(repository=repo, deploy_token=TOKEN, http_port=free_port(),
                           grpc_port=free_port(), metrics_port=free_port())
     server = TritonServer.from_settings(ss).start()
     control = ModelControl.for_server(server)

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import settings_with
-from gymops.config import PROJECT_ROOT
+
+from gymops.settings import DEPLOY_HEADER, PROJECT_ROOT, Settings, ensure_tokens
 from gymops.serving import control
 from gymops.serving.client import InvalidPhoto, LaundryClient
 from gymops.serving.server import TritonServer, server_env
-from gymops.serving.settings import DEPLOY_HEADER, deploy_token, serving_settings
 
 TEMPLATE = PROJECT_ROOT / "triton_models" / "laundry"
 
@@ -28,21 +27,22 @@ def repo(tmp_path) -> Path:
     return tmp_path / "repo"
 
 
-def test_deploy_token_generated_once_0600(tmp_path, monkeypatch):
-    monkeypatch.delenv("GYMOPS_DEPLOY_TOKEN", raising=False)
-    first = deploy_token(tmp_path)
+def test_deploy_token_generated_once_0600_and_only_when_asked(tmp_path):
+    settings = Settings(home=tmp_path)
+    assert settings.serving.deploy_token == "" and not (tmp_path / "deploy.token").exists()  # reading creates nothing
+    first = ensure_tokens(settings).serving.deploy_token
     path = tmp_path / "deploy.token"
     assert len(first) >= 32
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert deploy_token(tmp_path) == first
-    monkeypatch.setenv("GYMOPS_DEPLOY_TOKEN", "explicit-token")
-    assert deploy_token(tmp_path) == "explicit-token"
+    assert ensure_tokens(settings).serving.deploy_token == first
+    assert Settings.from_env({"GYMOPS_HOME": str(tmp_path)}).serving.deploy_token == first
+    explicit = Settings.from_env({"GYMOPS_HOME": str(tmp_path), "GYMOPS_DEPLOY_TOKEN": "explicit-token"})
+    assert ensure_tokens(explicit).serving.deploy_token == "explicit-token"
 
 
-def test_serving_settings_from_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv("GYMOPS_TRITON_HTTP_PORT", "18100")
-    monkeypatch.setenv("GYMOPS_DEPLOY_TOKEN", "t0ken")
-    ss = serving_settings(settings_with(home=tmp_path))
+def test_serving_settings_from_environment(tmp_path):
+    ss = Settings.from_env({"GYMOPS_HOME": str(tmp_path), "GYMOPS_TRITON_HTTP_PORT": "18100",
+                            "GYMOPS_DEPLOY_TOKEN": "t0ken"}).serving
     assert (ss.http_port, ss.grpc_port, ss.host) == (18100, 8001, "127.0.0.1")
     assert ss.repository == PROJECT_ROOT / "triton_models"
     assert ss.deploy_token == "t0ken" and "t0ken" not in repr(ss)

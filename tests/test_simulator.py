@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import IN_CI, settings_with
-from gymops.events import DEFECTIVE, GOOD, parse_event
-from gymops.photos import LocalPhotoStore
+from conftest import IN_CI
+from gymops.settings import Settings
+from gymops.ingest.events import DEFECTIVE, GOOD, parse_event
+from gymops.storage.photos import LocalPhotoStore
 from gymops.simulator import TrafficConfig, generate, write_jsonl
 from gymops.simulator import garments
 from gymops.simulator.faces import face_photo, identity
@@ -154,7 +155,7 @@ def test_write_jsonl_and_cli(tmp_path, monkeypatch, capsys):
     assert main(args) == 0
     events = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert len(events) == 20 + 3 + 6 + 5
-    store = LocalPhotoStore(settings_with().photo_root)
+    store = LocalPhotoStore(Settings().photo_root)
     for wire in events:
         parse_event(wire, check_photo_url=store.check_url)
     assert "TaskConfirmedEvent=20" in capsys.readouterr().out

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 def manifest(tmp_path_factory):
     from gymops.ml.bench import records_from_traffic
     from gymops.ml.dataset import build_dataset, fetch_photos
-    from gymops.photos import LocalPhotoStore
+    from gymops.storage.photos import LocalPhotoStore
 
     work = tmp_path_factory.mktemp("retries")
     store = LocalPhotoStore(work / "photos")

@@ -8,11 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gymops.config import ConfigError
-from gymops.outbox import model_verification_failed
-from gymops.verification import (GateResult, Thresholds, accuracy_gate, check_corrected_tasks,
-                                 check_training_dataset, failures_as_reasons, performance_gate,
-                                 thresholds_from_env)
+from gymops.settings import ConfigError, GateSettings, Settings
+from gymops.lifecycle.outbox import model_verification_failed
+from gymops.lifecycle.gates import (GateResult, accuracy_gate, check_corrected_tasks,
+                                 check_training_dataset, failures_as_reasons, performance_gate)
 
 NOW = datetime.now(timezone.utc)
 
@@ -158,19 +157,19 @@ def test_training_dataset_checks():
     assert failed_checks(check_training_dataset([{"split": "train", "label": "good"}])) == {"columns"}
 
 
-def test_thresholds_from_env():
-    assert thresholds_from_env({}) == Thresholds()
-    t = Thresholds()
+def test_gate_settings_from_the_environment():
+    assert Settings.from_env({}).gates == GateSettings()
+    t = GateSettings()
     assert (t.val_accuracy, t.holdout_accuracy, t.class_accuracy, t.min_improvement, t.latency_ms, t.memory_mb,
             t.throughput_rps, t.perf_requests, t.min_class_fraction) == (0.90, 0.88, 0.90, 0.0, 200, 2048, 50, 1000, 0.1)
-    t = thresholds_from_env({"GYMOPS_GATE_VAL_ACCURACY": "0.95", "GYMOPS_GATE_PERF_REQUESTS": "200",
-                             "GYMOPS_GATE_MIN_IMPROVEMENT": "0.01", "GYMOPS_GATE_LATENCY_MS": ""})
+    t = Settings.from_env({"GYMOPS_GATE_VAL_ACCURACY": "0.95", "GYMOPS_GATE_PERF_REQUESTS": "200",
+                           "GYMOPS_GATE_MIN_IMPROVEMENT": "0.01", "GYMOPS_GATE_LATENCY_MS": ""}).gates
     assert (t.val_accuracy, t.perf_requests, t.min_improvement, t.latency_ms) == (0.95, 200, 0.01, 200)
     for var, raw in [("GYMOPS_GATE_VAL_ACCURACY", "high"), ("GYMOPS_GATE_HOLDOUT_ACCURACY", "1.5"),
                      ("GYMOPS_GATE_PERF_REQUESTS", "10.5"), ("GYMOPS_GATE_LATENCY_MS", "0"),
                      ("GYMOPS_GATE_MEMORY_MB", "nan"), ("GYMOPS_GATE_MIN_CLASS_FRACTION", "0.7")]:
         with pytest.raises(ConfigError, match=var):
-            thresholds_from_env({var: raw})
+            Settings.from_env({var: raw})
 
 
 def metrics(acc, good, defective):
@@ -195,7 +194,7 @@ def test_accuracy_gate_rules():
     assert "does not beat the active model" in same.failures[0].message
     worse = accuracy_gate(candidate(holdout=0.91), champion_holdout_accuracy=0.95)
     assert failed_checks(worse) == {"better_than_champion"}
-    margin = Thresholds(min_improvement=0.01)
+    margin = GateSettings(min_improvement=0.01)
     assert failed_checks(accuracy_gate(candidate(holdout=0.925), 0.92, margin)) == {"better_than_champion"}
     assert accuracy_gate(candidate(holdout=0.935), 0.92, margin).passed
     missing = accuracy_gate({"validation": metrics(0.95, 0.95, 0.95)})
@@ -233,7 +232,7 @@ SAMPLES = np.random.default_rng(0).standard_normal((8, 3, 224, 224), dtype=np.fl
 
 
 def test_performance_gate_measures_in_a_sandbox(tiny_onnx):
-    result = performance_gate(tiny_onnx, SAMPLES, Thresholds(), throughput_seconds=1.0)
+    result = performance_gate(tiny_onnx, SAMPLES, GateSettings(), throughput_seconds=1.0)
     assert result.passed, result.failures
     f = result.figures
     print("perf figures:", json.dumps(f))
@@ -243,7 +242,7 @@ def test_performance_gate_measures_in_a_sandbox(tiny_onnx):
 
 
 def test_performance_gate_fails_on_thresholds(tiny_onnx):
-    strict = Thresholds(latency_ms=0.0001, throughput_rps=1e9, memory_mb=1, perf_requests=50)
+    strict = GateSettings(latency_ms=0.0001, throughput_rps=1e9, memory_mb=1, perf_requests=50)
     result = performance_gate(tiny_onnx, SAMPLES[:2], strict, throughput_seconds=0.2)
     assert failed_checks(result) == {"mean_latency_ms", "throughput_rps", "peak_memory_mb"}
     assert "exceeds 0.0001 ms" in next(f for f in result.failures if f.check == "mean_latency_ms").message
@@ -253,12 +252,12 @@ def test_performance_gate_fails_on_thresholds(tiny_onnx):
 def test_performance_gate_reports_a_model_that_cannot_load(tmp_path, tiny_onnx):
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not an onnx model")
-    result = performance_gate(broken, SAMPLES[:1], Thresholds(perf_requests=10), throughput_seconds=0.1)
+    result = performance_gate(broken, SAMPLES[:1], GateSettings(perf_requests=10), throughput_seconds=0.1)
     assert failed_checks(result) == {"sandbox.load"}
     assert "cannot be loaded" in result.failures[0].message
     assert failed_checks(performance_gate(tmp_path / "absent.onnx", SAMPLES[:1])) == {"sandbox.load"}
     t0 = time.monotonic()
-    slow = performance_gate(tiny_onnx, SAMPLES[:1], Thresholds(perf_requests=10), throughput_seconds=60,
+    slow = performance_gate(tiny_onnx, SAMPLES[:1], GateSettings(perf_requests=10), throughput_seconds=60,
                             timeout_s=1.5)
     assert failed_checks(slow) == {"sandbox.timeout"} and "1.5 s" in slow.failures[0].message
     assert time.monotonic() - t0 < 10

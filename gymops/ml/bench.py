@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gymops.events import TaskConfirmedEvent, parse_event
+from gymops.ingest.events import TaskConfirmedEvent, parse_event
 
 
 def records_from_traffic(store, tasks: int, seed: int = 0, defective_fraction: float = 0.3):
@@ -38,7 +38,7 @@ def run(tasks: int, seed: int, work: Path, copies: int = 5, **train_overrides) -
     from gymops.ml.evaluate import evaluate_onnx
     from gymops.ml.export import export_onnx
     from gymops.ml.train import TrainConfig, train
-    from gymops.photos import LocalPhotoStore
+    from gymops.storage.photos import LocalPhotoStore
 
     timings: dict[str, float] = {}
     t = time.perf_counter()

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from gymops.events import DEFECTIVE, GOOD, LABELS, normalise_label
+from gymops.ingest.events import DEFECTIVE, GOOD, LABELS, normalise_label
 from gymops.ml import augment as aug
 from gymops.ml.preprocess import IMAGE_SIZE, decode_rgb, normalise, resize_rgb
 

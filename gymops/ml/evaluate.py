@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gymops.events import DEFECTIVE, GOOD, LABELS
+from gymops.ingest.events import DEFECTIVE, GOOD, LABELS
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from gymops.config import ConfigError
+from gymops.settings import ConfigError, load_settings
 
 
 def _server(ss):
@@ -26,7 +26,9 @@ def cmd_setup(ss, args) -> int:
 
     layout = wheel_layout()
     check_runnable(layout)
-    site = ensure_stub_site(quiet=False)
+    from gymops.serving.stubenv import stub_site_dir
+
+    site = ensure_stub_site(stub_site_dir(ss.stub_site), quiet=False)
     prepare_backend_dir(ss.triton_home / "backends", layout)
     prepare_cache_dir(ss.triton_home / "caches", layout)
     print(f"tritonserver {layout.binary} runs; stub site {site}; backends under {ss.triton_home}")
@@ -123,10 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model")
     args = parser.parse_args(argv)
 
-    from gymops.serving.settings import serving_settings
+    from gymops.settings import ensure_tokens
 
     try:
-        ss = serving_settings()
+        ss = ensure_tokens(load_settings()).serving
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

@@ -153,10 +153,10 @@ def run(onnx_files: list[Path], n: int = 200, seconds: float = 10.0, swaps: int 
     import socket
     import shutil
 
-    from gymops.config import PROJECT_ROOT, load_settings
+    from gymops.settings import PROJECT_ROOT, load_settings
     from gymops.serving.control import ModelControl, pinned_config, template_config, write_version
     from gymops.serving.server import TritonServer
-    from gymops.serving.settings import serving_settings
+    from gymops.settings import ServingSettings
 
     def free_port() -> int:
         with socket.socket() as s:
@@ -172,7 +172,7 @@ def run(onnx_files: list[Path], n: int = 200, seconds: float = 10.0, swaps: int 
             shutil.copyfile(PROJECT_ROOT / "triton_models" / MODEL / name, repo / MODEL / name)
         for v, onnx in enumerate(onnx_files, 1):
             write_version(repo, MODEL, v, onnx, {"version": f"1.{v - 1}.0"})
-        ss = serving_settings(load_settings(), repository=repo, http_port=free_port(), grpc_port=free_port(),
+        ss = load_settings().serving.replace(repository=repo, http_port=free_port(), grpc_port=free_port(),
                               metrics_port=free_port())
         server = TritonServer.from_settings(ss, home=Path(tmp) / "triton").start()
         figures["start_s"] = server.start_seconds

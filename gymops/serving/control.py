@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from gymops.config import PROJECT_ROOT
-from gymops.serving.settings import DEPLOY_HEADER, ServingSettings
+from gymops.settings import DEPLOY_HEADER, PROJECT_ROOT
+from gymops.settings import ServingSettings
 
 GRPC_RESTRICTED_PREFIX = "triton-grpc-protocol-"  # what Triton expects before the header key on gRPC
 SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")

@@ -29,10 +29,12 @@ from pathlib import Path
 
 import requests
 
-from gymops.config import PROJECT_ROOT
-from gymops.serving.settings import RESTRICTED_GROUPS, ServingSettings
+from gymops.settings import PROJECT_ROOT, ServingSettings
 from gymops.serving.stubenv import ensure_stub_site, stub_site_dir
 
+# Endpoint groups that only the deployer may call (Triton's names, shared by HTTP and gRPC):
+# loading/unloading/indexing models, plus the groups that could read or redirect server state.
+RESTRICTED_GROUPS = ("model-repository", "shared-memory", "trace", "logging")
 PYTHON_TAG = f"{sys.version_info.major}.{sys.version_info.minor}"
 STUB_NAME = "triton_python_backend_stub"
 PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
@@ -280,7 +282,7 @@ def stop_pid(pid: int, timeout: float = 30.0, proc: subprocess.Popen | None = No
 class TritonServer:
     """One tritonserver process.
 
-    >>> server = TritonServer.from_settings(serving_settings()).start()
+    >>> server = TritonServer.from_settings(load_settings().serving).start()
     >>> server.health()       # {'pid': ..., 'live': True, 'ready': True, 'rss_bytes': ...}
     >>> server.stop()
     """
@@ -288,7 +290,8 @@ class TritonServer:
     def __init__(self, repository: Path, *, home: Path, deploy_token: str, deploy_header: str,
                  host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
                  metrics_port: int = 8002, log_path: Path | None = None, exit_timeout_s: int = 15,
-                 extra_args: tuple[str, ...] = (), install_stub_site: bool = True):
+                 extra_args: tuple[str, ...] = (), install_stub_site: bool = True,
+                 stub_site: Path | None = None):
         if not deploy_token or any(c in deploy_token for c in ",:= \n"):
             raise ValueError("deploy token must be non-empty and free of ',', ':', '=' and whitespace")
         self.repository = Path(repository).resolve()
@@ -301,6 +304,7 @@ class TritonServer:
         self.exit_timeout_s = exit_timeout_s
         self.extra_args = tuple(extra_args)
         self.install_stub_site = install_stub_site
+        self.stub_site = stub_site
         self.proc: subprocess.Popen | None = None
         self._pid: int | None = None
         self.start_seconds: float | None = None
@@ -309,7 +313,7 @@ class TritonServer:
     def from_settings(cls, ss: ServingSettings, **kwargs) -> "TritonServer":
         values = dict(repository=ss.repository, home=ss.triton_home, deploy_token=ss.deploy_token,
                       deploy_header=ss.deploy_header, host=ss.host, http_port=ss.http_port,
-                      grpc_port=ss.grpc_port, metrics_port=ss.metrics_port)
+                      grpc_port=ss.grpc_port, metrics_port=ss.metrics_port, stub_site=ss.stub_site)
         values.update(kwargs)
         return cls(**values)
 
@@ -372,7 +376,7 @@ class TritonServer:
             raise FileNotFoundError(f"model repository {self.repository} does not exist")
         prepare_backend_dir(self.home / "backends", layout)
         prepare_cache_dir(self.home / "caches", layout)
-        stub_site = ensure_stub_site() if self.install_stub_site else stub_site_dir()
+        stub_site = ensure_stub_site(stub_site_dir(self.stub_site)) if self.install_stub_site else stub_site_dir(self.stub_site)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         started = time.monotonic()

@@ -21,14 +21,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gymops.config import _env
 
 REQUIREMENTS = ("numpy==1.26.4",)
 STAMP = ".gymops-stub-site"
 
 
-def stub_site_dir() -> Path:
-    return Path(_env("GYMOPS_TRITON_STUB_SITE", str(Path(sys.prefix) / "triton-stub-site")))
+def stub_site_dir(configured: Path | None = None) -> Path:
+    """ServingSettings.stub_site when set, else <venv>/triton-stub-site."""
+    return Path(configured) if configured else Path(sys.prefix) / "triton-stub-site"
 
 
 def _wanted() -> str:

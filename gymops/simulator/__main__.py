@@ -10,8 +10,8 @@ import time
 from collections import Counter
 from datetime import datetime, timedelta
 
-from gymops.config import load_settings
-from gymops.photos import S3PhotoStore, photo_store_for
+from gymops.settings import load_settings
+from gymops.storage.photos import S3PhotoStore, photo_store_for
 from gymops.simulator.garments import DatasetMissing
 from gymops.simulator.traffic import TrafficConfig, generate, write_jsonl
 

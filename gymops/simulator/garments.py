@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from gymops.events import DEFECTIVE, GOOD
+from gymops.ingest.events import DEFECTIVE, GOOD
 
 DATASET_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEBIAN_PACKAGE = "dataset-fashion-mnist"

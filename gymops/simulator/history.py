@@ -10,8 +10,8 @@ def ingest_simulated_history(settings, tasks: int, days: int, seed: int = 3, def
                              members: int = 2, entries: int = 0) -> tuple[str, str]:
     """``tasks`` confirmations spread over the ``days`` days before today (UTC), photos in the
     profile's photo store, events through Replicator.ingest. Returns (first day, last day)."""
-    from gymops.photos import S3PhotoStore, photo_store_for
-    from gymops.replicator import Replicator
+    from gymops.storage.photos import S3PhotoStore, photo_store_for
+    from gymops.ingest.replicator import Replicator
     from gymops.simulator.traffic import TrafficConfig, generate
 
     today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)

@@ -58,7 +58,7 @@ class HttpSender:
 
 
 def send_amqp(settings, events: Iterable, rate: float | None = None) -> int:
-    from gymops.broker import Publisher
+    from gymops.ingest.broker import Publisher
 
     publisher = Publisher(settings)
     try:

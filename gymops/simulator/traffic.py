@@ -19,10 +19,10 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from gymops.events import (
+from gymops.ingest.events import (
     DEFECTIVE, GOOD, FaceAuthenticatedEvent, TaskConfirmedEvent, UserCreatedEvent, normalise_label,
 )
-from gymops.photos import PhotoStore
+from gymops.storage.photos import PhotoStore
 from gymops.simulator.faces import face_photo
 from gymops.simulator.garments import encode_jpeg, linen_photo
 

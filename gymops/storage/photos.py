@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, unquote, urlsplit
 
-from gymops.config import Settings
+from gymops.settings import Settings
 
 MAX_KEY_BYTES = 1024  # the S3 limit, applied to both stores so a key works in either
 

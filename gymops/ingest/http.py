@@ -15,7 +15,7 @@ import logging
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from gymops.replicator import DEAD_LETTER, Batcher
+from gymops.ingest.replicator import DEAD_LETTER, Batcher
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ def split_body(body: bytes) -> list:
 
 def create_app(settings, batcher: Batcher, dead_letters) -> FastAPI:
     app = FastAPI(title="gymops ingestion", version="1")
+    if not settings.ingest_token:
+        raise ValueError("the ingestion endpoint needs a token: set GYMOPS_INGEST_TOKEN or call "
+                         "gymops.settings.ensure_tokens first")
     token = settings.ingest_token.encode()
 
     def authorise(request: Request) -> None:

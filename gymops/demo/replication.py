@@ -15,10 +15,12 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 
-from gymops import feature_store, history, processes
+from gymops import processes
+from gymops.history import feature_store
+from gymops.history import tables as history
 from gymops.db import engine_for
-from gymops.deadletters import DeadLetterStore
-from gymops.photos import S3PhotoStore, photo_store_for
+from gymops.ingest.deadletters import DeadLetterStore
+from gymops.storage.photos import S3PhotoStore, photo_store_for
 from gymops.simulator.send import HttpSender
 from gymops.simulator.traffic import TrafficConfig, generate
 

@@ -9,7 +9,7 @@
 
 Every gate returns a ``GateResult``; a failing one names each failed check with its value and
 threshold, and ``failures_as_reasons`` turns them into the ModelVerificationFailedEvent reasons.
-Thresholds default to the design's and are configurable (``thresholds_from_env``).
+Thresholds (``gymops.settings.GateSettings``, GYMOPS_GATE_*) default to the design's.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
-from gymops.config import ConfigError
-from gymops.events import DEFECTIVE, GOOD, LABELS, MAX_FUTURE_SKEW
+from gymops.settings import GateSettings
+from gymops.ingest.events import DEFECTIVE, GOOD, LABELS, MAX_FUTURE_SKEW
 
 PHOTO_URL_PATTERN = r"^(?:file|s3)://"
 EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
@@ -85,58 +85,6 @@ def failures_as_reasons(results: Iterable[GateResult]) -> list[dict]:
     ModelVerificationFailedEvent."""
     return [_plain({"gate": r.gate, "check": f.check, "value": f.value, "threshold": f.threshold,
                     "message": f.message}) for r in results for f in r.failures]
-
-
-# -- thresholds ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Thresholds:
-    val_accuracy: float = 0.90
-    holdout_accuracy: float = 0.88
-    class_accuracy: float = 0.90
-    # The challenger must beat the champion's holdout accuracy by MORE than this (TFX-style
-    # value threshold + change threshold); 0.0 means "strictly better".
-    min_improvement: float = 0.0
-    latency_ms: float = 200.0
-    memory_mb: float = 2048.0
-    throughput_rps: float = 50.0
-    perf_requests: int = 1000
-    min_class_fraction: float = 0.1
-
-
-# field -> (environment variable, parse, lo, hi)
-THRESHOLD_ENV = {
-    "val_accuracy": ("GYMOPS_GATE_VAL_ACCURACY", float, 0.0, 1.0),
-    "holdout_accuracy": ("GYMOPS_GATE_HOLDOUT_ACCURACY", float, 0.0, 1.0),
-    "class_accuracy": ("GYMOPS_GATE_CLASS_ACCURACY", float, 0.0, 1.0),
-    "min_improvement": ("GYMOPS_GATE_MIN_IMPROVEMENT", float, -1.0, 1.0),
-    "latency_ms": ("GYMOPS_GATE_LATENCY_MS", float, 1e-9, math.inf),
-    "memory_mb": ("GYMOPS_GATE_MEMORY_MB", float, 1e-9, math.inf),
-    "throughput_rps": ("GYMOPS_GATE_THROUGHPUT_RPS", float, 0.0, math.inf),
-    "perf_requests": ("GYMOPS_GATE_PERF_REQUESTS", int, 1, 1_000_000),
-    "min_class_fraction": ("GYMOPS_GATE_MIN_CLASS_FRACTION", float, 0.0, 0.5),
-}
-
-
-def thresholds_from_env(environ: Mapping[str, str] | None = None) -> Thresholds:
-    """Thresholds from GYMOPS_GATE_* variables (unset or empty: the design's default). A bad value
-    raises ConfigError naming the variable."""
-    environ = os.environ if environ is None else environ
-    values = {}
-    for name, (var, parse, lo, hi) in THRESHOLD_ENV.items():
-        raw = environ.get(var)
-        if raw is None or raw.strip() == "":
-            continue
-        try:
-            value = parse(raw.strip())
-        except ValueError:
-            kind = "an integer" if parse is int else "a number"
-            raise ConfigError(f"{var}: must be {kind}, got {raw!r}") from None
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{var}: must be a finite number, got {raw!r}")
-        if not lo <= value <= hi:
-            raise ConfigError(f"{var}: must be between {lo:g} and {hi:g}, got {value:g}")
-        values[name] = value
-    return Thresholds(**values)
 
 
 # -- Great Expectations -------------------------------------------------------------------------
@@ -230,14 +178,14 @@ def _timestamps(series):
     return pd.to_datetime(series, utc=True, errors="coerce", format="mixed")
 
 
-def check_corrected_tasks(df, thresholds: Thresholds | None = None, now: datetime | None = None) -> GateResult:
+def check_corrected_tasks(df, thresholds: GateSettings | None = None, now: datetime | None = None) -> GateResult:
     """The data gate over the corrected tasks a training run reads: labels in {good, defective},
     photo URLs present and file:// or s3://, ids present, event ids unique, timestamps present and
     between 2000 and now (+ the events' clock-skew allowance), both classes each at least
     ``min_class_fraction`` of the rows (by final_result)."""
     import pandas as pd
 
-    t = thresholds or Thresholds()
+    t = thresholds or GateSettings()
     gate = "data.corrected_tasks"
     df = _frame(df)
     missing = _missing_columns(gate, df, CORRECTED_TASK_COLUMNS)
@@ -296,7 +244,7 @@ def check_corrected_tasks(df, thresholds: Thresholds | None = None, now: datetim
     return _validate(gate, frame, checks, figures, [])
 
 
-def check_training_dataset(manifest, thresholds: Thresholds | None = None,
+def check_training_dataset(manifest, thresholds: GateSettings | None = None,
                            required_splits: Iterable[str] | None = None) -> GateResult:
     """The data gate over a training dataset's manifest, one row per image: ``split``, ``label``,
     ``decodable`` (bool) and optionally ``task_id`` and a path column (``photo``/``path``/``uri``).
@@ -307,7 +255,7 @@ def check_training_dataset(manifest, thresholds: Thresholds | None = None,
     ``manifest`` may be a DataFrame, a list of row dicts, {"rows": [...]}, or a dict of columns."""
     import pandas as pd
 
-    t = thresholds or Thresholds()
+    t = thresholds or GateSettings()
     gate = "data.training_dataset"
     df = _frame(manifest)
     missing = _missing_columns(gate, df, MANIFEST_COLUMNS)
@@ -370,13 +318,13 @@ def _number(metrics: Mapping | None, *path: str) -> float | None:
 
 
 def accuracy_gate(candidate: Mapping, champion_holdout_accuracy: float | None = None,
-                  thresholds: Thresholds | None = None) -> GateResult:
+                  thresholds: GateSettings | None = None) -> GateResult:
     """candidate: {"val": metrics, "holdout": metrics} ("validation" is accepted for "val"), each
     metrics {"accuracy", "per_class_accuracy": {"good", "defective"}, ...}. Rules: val accuracy
     >= val_accuracy; holdout accuracy >= holdout_accuracy; each class's holdout accuracy >=
     class_accuracy; with a champion (the active model's accuracy on the same frozen holdout),
     candidate holdout - champion > min_improvement."""
-    t = thresholds or Thresholds()
+    t = thresholds or GateSettings()
     gate = "accuracy"
     val = candidate.get("val", candidate.get("validation")) if isinstance(candidate, Mapping) else None
     holdout = candidate.get("holdout") if isinstance(candidate, Mapping) else None
@@ -414,20 +362,20 @@ def accuracy_gate(candidate: Mapping, champion_holdout_accuracy: float | None = 
 
 
 # -- performance --------------------------------------------------------------------------------
-def performance_gate(onnx_path, sample_inputs, thresholds: Thresholds | None = None, threads: int = 2,
+def performance_gate(onnx_path, sample_inputs, thresholds: GateSettings | None = None, threads: int = 2,
                      concurrency: int = 2, throughput_seconds: float = 2.0, warmup: int = 10,
                      timeout_s: float = 300.0) -> GateResult:
     """Latency, throughput and memory of an ONNX model measured by onnxruntime in a sandbox child
-    process (gymops.sandbox), never on the production server: ``perf_requests`` sequential
+    process (gymops.lifecycle.sandbox), never on the production server: ``perf_requests`` sequential
     single-image requests (mean/p50/p99 latency), then ``concurrency`` callers for
     ``throughput_seconds`` (requests/s), and the child's peak RSS. sample_inputs: float32
     (N, 3, 224, 224), cycled through. A model that cannot load, crashes or times out fails the gate
     with the reason."""
     import numpy as np
 
-    from gymops.sandbox import run_sandbox
+    from gymops.lifecycle.sandbox import run_sandbox
 
-    t = thresholds or Thresholds()
+    t = thresholds or GateSettings()
     gate = "performance"
     inputs = np.asarray(sample_inputs)
     if inputs.ndim != 4 or inputs.shape[1:] != (3, 224, 224) or len(inputs) == 0:
@@ -460,6 +408,6 @@ def performance_gate(onnx_path, sample_inputs, thresholds: Thresholds | None = N
 
 
 __all__ = [
-    "Failure", "GateResult", "Thresholds", "THRESHOLD_ENV", "thresholds_from_env", "check_corrected_tasks",
+    "Failure", "GateResult", "GateSettings", "check_corrected_tasks",
     "check_training_dataset", "accuracy_gate", "performance_gate", "failures_as_reasons",
 ]

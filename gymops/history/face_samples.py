@@ -5,8 +5,8 @@ from datetime import datetime
 
 import pandas as pd
 
-from gymops import history
-from gymops.confirmations import point_in_time
+from gymops.history import tables as history
+from gymops.history.confirmations import point_in_time
 
 FEATURES = [f"{history.FACE_SAMPLES}:{c}" for c in (
     "event_id", "sample_kind", "role", "branch_id", "photo_url", "similarity", "model_version",

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from functools import lru_cache
 
-from gymops import history
-from gymops.config import PROJECT_ROOT, Settings
+from gymops.history import tables as history
+from gymops.settings import PROJECT_ROOT, Settings
 
 
 def quiet_env() -> dict[str, str]:

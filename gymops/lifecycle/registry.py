@@ -196,7 +196,7 @@ def next_version(existing: list[tuple[str, int, int, int]], architecture: str, b
 
 class ModelRegistry:
     def __init__(self, engine: sa.Engine, outbox=None, retries: int = 5):
-        """outbox: a gymops.outbox.Outbox; when given, activate/rollback/reject record their event
+        """outbox: a gymops.lifecycle.outbox.Outbox; when given, activate/rollback/reject record their event
         in the same transaction as the status change."""
         self.engine = engine
         self.outbox = outbox
@@ -335,7 +335,7 @@ class ModelRegistry:
             new = self._update(tx, target, ACTIVE, reason, deployed_at=now,
                                previous_version=old.version if old else None)
             if self.outbox is not None:
-                from gymops.outbox import model_deployed
+                from gymops.lifecycle.outbox import model_deployed
 
                 self.outbox.record_event(model_deployed(
                     model_type, new.version, new.triton_version, new.previous_version, now, deploy_seconds), conn=tx)
@@ -372,7 +372,7 @@ class ModelRegistry:
             new = self._update(tx, target, ACTIVE, f"rollback from {current.version}: {reason}",
                                deployed_at=datetime.now(timezone.utc), previous_version=current.version)
             if self.outbox is not None:
-                from gymops.outbox import model_rolled_back
+                from gymops.lifecycle.outbox import model_rolled_back
 
                 self.outbox.record_event(model_rolled_back(model_type, current.version, new.version, reason, seconds),
                                          conn=tx)
@@ -387,7 +387,7 @@ class ModelRegistry:
         with self._tx(model_type, conn) as tx:
             mv = self._update(tx, self._load(tx, model_type, version), REJECTED, summary)
             if self.outbox is not None:
-                from gymops.outbox import model_verification_failed
+                from gymops.lifecycle.outbox import model_verification_failed
 
                 self.outbox.record_event(model_verification_failed(model_type, version, reasons,
                                                                    run_id or mv.run_id), conn=tx)

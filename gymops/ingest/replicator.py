@@ -16,8 +16,8 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from gymops import history
-from gymops.events import (
+from gymops.history import tables as history
+from gymops.ingest.events import (
     Event,
     EventValidationError,
     FaceAuthenticatedEvent,
@@ -100,14 +100,14 @@ def history_frame(table: str, rows: list[dict[str, Any]]) -> pd.DataFrame:
 class Replicator:
     def __init__(self, settings, store=None, dead_letters=None, check_photo_url: Callable[[str], None] | None = None):
         from gymops.db import engine_for
-        from gymops.deadletters import DeadLetterStore
-        from gymops.feature_store import open_store
+        from gymops.ingest.deadletters import DeadLetterStore
+        from gymops.history.feature_store import open_store
 
         self.settings = settings
         self.store = store if store is not None else open_store(settings)
         self.dead_letters = dead_letters if dead_letters is not None else DeadLetterStore(engine_for(settings))
         if check_photo_url is None:
-            from gymops.photos import photo_store_for
+            from gymops.storage.photos import photo_store_for
 
             check_photo_url = photo_store_for(settings).check_url
         self.check_photo_url = check_photo_url

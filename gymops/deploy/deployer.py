@@ -64,7 +64,7 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from gymops.registry import ACTIVE, ARCHIVED, CANARY, CANDIDATE, KEEP_LOADABLE, RETIRED, ModelVersion
+from gymops.lifecycle.registry import ACTIVE, ARCHIVED, CANARY, CANDIDATE, KEEP_LOADABLE, RETIRED, ModelVersion
 from gymops.serving.control import (CODE_FILE, METADATA_FILE, ONNX_FILE, ControlError, pinned_config, sha256_file,
                                     template_config, write_version)
 
@@ -280,7 +280,7 @@ def _photo_png(seed: int = 0) -> bytes:
 class Deployer:
     """Deploys registry versions of one Triton model (the public name ``model``).
 
-    registry: gymops.registry.ModelRegistry (give it an Outbox for the events);
+    registry: gymops.lifecycle.registry.ModelRegistry (give it an Outbox for the events);
     control: gymops.serving.control.ModelControl of the server; repository: its model repository;
     client_factory(name) -> a LaundryClient-like object for the model ``name`` (classify_batch,
     close); archive_dir: where archived version folders go (outside the repository); keep: how many
@@ -780,7 +780,7 @@ class Deployer:
             return
         import sqlalchemy as sa
 
-        from gymops.outbox import MODEL_ROLLED_BACK, outbox as table
+        from gymops.lifecycle.outbox import MODEL_ROLLED_BACK, outbox as table
 
         try:
             with outbox_.engine.begin() as conn:

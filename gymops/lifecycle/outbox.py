@@ -22,7 +22,7 @@ from typing import Callable
 import sqlalchemy as sa
 
 from gymops.db import metadata
-from gymops.events import SCHEMA_VERSION, format_timestamp
+from gymops.ingest.events import SCHEMA_VERSION, format_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ class RabbitMQEventPublisher:
     def _connect(self) -> None:
         import pika
 
-        from gymops.broker import parameters
+        from gymops.ingest.broker import parameters
 
         self._conn = pika.BlockingConnection(parameters(self.settings))
         self._channel = self._conn.channel()

@@ -108,34 +108,34 @@ def main(argv=None) -> int:
     import dagster as dg
 
     import runs
-    from gymops import demo as replication
+    from gymops.demo import replication
     from gymops import processes
-    from gymops.config import load_settings
+    from gymops.settings import ensure_tokens, load_settings
     from gymops.dagster_home import prepare
-    from gymops.photos import photo_store_for
-    from gymops.retraining import RetrainPolicy
+    from gymops.storage.photos import photo_store_for
+    from gymops.settings import RetrainSettings
     from gymops.serving.client import LaundryClient
     from gymops.serving.server import TritonServer
-    from gymops.serving.settings import serving_settings
+    from gymops.settings import ServingSettings
     from gymops.simulator.send import HttpSender
     from gymops.simulator.traffic import TrafficConfig, generate
 
     began = time.monotonic()
-    settings = load_settings()
+    settings = ensure_tokens(load_settings())
     os.environ.update(settings.environment())
     os.environ["DAGSTER_HOME"] = str(prepare(settings))
 
     replication.run(settings, argparse.Namespace(tasks=args.tasks, seed=args.seed))
 
-    ss = serving_settings(settings)
+    ss = settings.serving
     step(f"starting Triton (explicit model control) on {ss.http_url} (HTTP) / {ss.grpc_url} (gRPC)")
     server = TritonServer.from_settings(ss).start()
     ingest = None
     try:
-        from gymops.deploy import Deployer
+        from gymops.deploy.deployer import Deployer
         from gymops.db import engine_for
-        from gymops.outbox import Outbox
-        from gymops.registry import ModelRegistry
+        from gymops.lifecycle.outbox import Outbox
+        from gymops.lifecycle.registry import ModelRegistry
 
         engine = engine_for(settings)
         registry = ModelRegistry(engine, outbox=Outbox(engine))
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
             client = LaundryClient(ss.grpc_url, "grpc")
             sender = HttpSender(base, ingest_settings.ingest_token)
             # The sensor fires at once (no week has passed) when the corrections reach the urgent threshold.
-            threshold = RetrainPolicy.from_env().urgent_corrections
+            threshold = RetrainSettings.from_env().urgent_corrections
             corrected, served_by, first_seed = 0, set(), args.seed + 1000 + int(time.time()) % 1000
             # A better model is corrected less: keep the shop open until enough corrections came in.
             for batch in range(MAX_LIVE_BATCHES):
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
 
 
 def _sample_urls(settings, n: int) -> list[str]:
-    from gymops import history
+    from gymops.history import tables as history
 
     rows = history.history_for(settings, history.TASK_CONFIRMATIONS).read().to_pandas()
     return list(rows.photo_url.head(n))

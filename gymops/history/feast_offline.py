@@ -24,11 +24,11 @@ from feast.infra.offline_stores.dask import DaskOfflineStore, DaskOfflineStoreCo
 from feast.infra.utils.postgres.connection_utils import _get_conn
 from feast.repo_config import RepoConfig
 
-from gymops import history
+from gymops.history import tables as history
 
 
 class LedgeredFileOfflineStoreConfig(DaskOfflineStoreConfig):
-    type: Literal["gymops.feast_offline.LedgeredFileOfflineStore"] = "gymops.feast_offline.LedgeredFileOfflineStore"
+    type: Literal["gymops.history.feast_offline.LedgeredFileOfflineStore"] = "gymops.history.feast_offline.LedgeredFileOfflineStore"
 
 
 class LedgeredFileOfflineStore(DaskOfflineStore):
@@ -48,8 +48,8 @@ class LedgeredFileOfflineStore(DaskOfflineStore):
 
 
 class IdempotentPostgreSQLOfflineStoreConfig(PostgreSQLOfflineStoreConfig):
-    type: Literal["gymops.feast_offline.IdempotentPostgreSQLOfflineStore"] = (  # type: ignore[assignment]
-        "gymops.feast_offline.IdempotentPostgreSQLOfflineStore"
+    type: Literal["gymops.history.feast_offline.IdempotentPostgreSQLOfflineStore"] = (  # type: ignore[assignment]
+        "gymops.history.feast_offline.IdempotentPostgreSQLOfflineStore"
     )
 
 

@@ -1,0 +1,1 @@
+"""`make demo`: the replication part, then the whole loop."""

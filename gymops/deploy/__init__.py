@@ -1,0 +1,1 @@
+"""Putting a registered version into Triton and taking it out again: deploy, rollback, reconcile."""

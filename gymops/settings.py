@@ -1,0 +1,364 @@
+"""The settings tree: every GYMOPS_* variable, typed, with its default, read in this one module.
+
+One frozen dataclass per concern (MLServer's settings style): ``Settings`` (profile, stores, broker,
+ingestion) holds ``gates``, ``retrain``, ``partitions`` and ``serving``. ``Settings.from_env()``
+is the only reader of the environment; the library receives a ``Settings`` (or one of its groups)
+as an argument and never looks at ``os.environ`` again. ``Settings.environment()`` is the way
+back, for child processes and the config files that expand variables (Feast, Dagster).
+
+Reading has no side effect. The two secrets that may be generated (the ingestion endpoint's token,
+the deployer's Triton token) are read from their variable or their file under GYMOPS_HOME when
+present; ``ensure_tokens`` creates the missing files, and only commands that serve call it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROFILES = ("embedded", "services")
+# The header the deployer presents on Triton model-control calls. Lower case: gRPC metadata keys must be.
+DEPLOY_HEADER = "gymops-deploy-token"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """The verification gates (DESIGN.md, Contracts). GYMOPS_GATE_*."""
+    val_accuracy: float = 0.90
+    holdout_accuracy: float = 0.88
+    class_accuracy: float = 0.90
+    # The challenger must beat the champion's holdout accuracy by MORE than this (TFX-style
+    # value threshold + change threshold); 0.0 means "strictly better".
+    min_improvement: float = 0.0
+    latency_ms: float = 200.0
+    memory_mb: float = 2048.0
+    throughput_rps: float = 50.0
+    perf_requests: int = 1000
+    min_class_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    """When to retrain (UC-24). GYMOPS_RETRAIN_*: min_corrections, min_days, urgent_corrections."""
+    min_corrections: int = 100
+    min_days: float = 7.0
+    urgent_corrections: int = 300
+
+
+@dataclass(frozen=True)
+class PartitionSettings:
+    """First day of the daily partitions. GYMOPS_PARTITIONS_START, GYMOPS_FACE_PARTITIONS_START."""
+    start: str = "2026-11-01"
+    face_start: str = "2026-11-01"
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """The Triton server this project runs. GYMOPS_TRITON_*, GYMOPS_DEPLOY_TOKEN."""
+    home: Path = PROJECT_ROOT / "var"
+    host: str = "127.0.0.1"  # loopback only: callers on other machines go through a proxy/balancer
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    repository: Path = PROJECT_ROOT / "triton_models"
+    stub_site: Path | None = None  # numpy-1 site for the Python-backend stubs; None: beside the venv
+    deploy_token: str = field(default="", repr=False)  # "": $home/deploy.token (ensure_tokens)
+    deploy_header: str = DEPLOY_HEADER
+
+    @property
+    def triton_home(self) -> Path:
+        """Backend directory, cache directory and logs of the server this project runs."""
+        return self.home / "triton"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def replace(self, **changes) -> "ServingSettings":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Settings:
+    profile: str = "embedded"
+    home: Path = PROJECT_ROOT / "var"
+    # PostgreSQL (services profile): Dagster storage, the registry DB and Feast's registry/offline store.
+    pg_host: str = "127.0.0.1"
+    pg_port: int = 5432
+    pg_user: str = "postgres"
+    pg_password: str = field(default="", repr=False)
+    pg_database: str = "gymops"
+    database_url_override: str = ""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    rabbitmq_queue: str = "gymops.events"
+    s3_endpoint: str = "http://127.0.0.1:8333"
+    s3_bucket: str = "gym-photos"
+    s3_access_key: str = "gymops"
+    s3_secret_key: str = field(default="gymops-secret", repr=False)
+    ingest_host: str = "127.0.0.1"
+    ingest_port: int = 8088
+    ingest_token: str = field(default="", repr=False)  # "": $home/ingest.token (ensure_tokens)
+    batch_size: int = 500
+    batch_wait_ms: int = 200
+    feast_project: str = "gymops"
+    gates: GateSettings = GateSettings()
+    retrain: RetrainSettings = RetrainSettings()
+    partitions: PartitionSettings = PartitionSettings()
+    serving: ServingSettings = ServingSettings()
+
+    def __post_init__(self):
+        if self.profile not in PROFILES:
+            raise ConfigError(f"GYMOPS_PROFILE: must be one of {', '.join(PROFILES)}, got {self.profile!r}")
+        home = Path(self.home).resolve()
+        object.__setattr__(self, "home", home)
+        if self.serving.home != home:  # the serving tree lives under the same home
+            object.__setattr__(self, "serving", dataclasses.replace(self.serving, home=home))
+        if self.retrain.urgent_corrections < self.retrain.min_corrections:
+            raise ConfigError("GYMOPS_RETRAIN_URGENT_CORRECTIONS: must be >= GYMOPS_RETRAIN_MIN_CORRECTIONS")
+
+    # -- derived ---------------------------------------------------------------------------------
+    @property
+    def services(self) -> bool:
+        return self.profile == "services"
+
+    @property
+    def database_url(self) -> str:
+        """SQLAlchemy URL of this tier's own database (dead letters, model registry, outbox)."""
+        if self.database_url_override:
+            return self.database_url_override
+        if self.services:
+            auth = self.pg_user + (f":{self.pg_password}" if self.pg_password else "")
+            return f"postgresql+psycopg2://{auth}@{self.pg_host}:{self.pg_port}/{self.pg_database}"
+        return f"sqlite:///{self.home / 'gymops.db'}"
+
+    @property
+    def photo_root(self) -> Path:
+        return self.home / "photos"
+
+    @property
+    def feast_repo(self) -> Path:
+        return PROJECT_ROOT / "feature_repo"
+
+    @property
+    def feast_yaml(self) -> Path:
+        return self.feast_repo / f"feature_store.{self.profile}.yaml"
+
+    @property
+    def feast_offline_dir(self) -> Path:
+        return self.home / "feast" / "offline"
+
+    @property
+    def pipeline_root(self) -> Path:
+        return self.home / "pipeline"
+
+    def replace(self, **changes) -> "Settings":
+        """A copy with some fields changed; ``gates={...}`` etc. change fields of a group."""
+        for group in ("gates", "retrain", "partitions", "serving"):
+            if isinstance(changes.get(group), Mapping):
+                changes[group] = dataclasses.replace(getattr(self, group), **changes[group])
+        return dataclasses.replace(self, **changes)
+
+    # -- the way back into an environment ----------------------------------------------------------
+    def environment(self) -> dict[str, str]:
+        """Every setting as GYMOPS_* variables: a child process's ``Settings.from_env()`` reads the
+        same tree. Also the variables Feast's and Dagster's config files expand."""
+        env = {name: _format(value) for name, value in _flatten(self).items()}
+        host, _, port = self.redis_url.removeprefix("redis://").partition(":")
+        port, _, db = port.partition("/")
+        env["GYMOPS_REDIS_CONNECTION"] = f"{host or '127.0.0.1'}:{port or 6379},db={db or 0}"
+        env["GYMOPS_DAGSTER_PG_URL"] = self.database_url if self.services else ""
+        return {k: v for k, v in env.items() if v != "" or k in _KEEP_EMPTY}
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON-friendly form (Dagster resources and reconstructable jobs carry it)."""
+        return {name: _format(value) for name, value in _flatten(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, str]) -> "Settings":
+        return cls.from_env(values)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """The settings of this environment (unset or empty variables: the defaults). A bad value
+        raises ConfigError naming the variable and the reason."""
+        environ = os.environ if environ is None else environ
+        read = _Reader(environ)
+        profile = read.str("GYMOPS_PROFILE", "embedded")
+        home = read.path("GYMOPS_HOME", PROJECT_ROOT / "var")
+        groups = {}
+        for group, klass in _GROUPS.items():
+            values = {}
+            for f in dataclasses.fields(klass):
+                if group == "serving" and f.name == "home":
+                    continue
+                var = _var(group, f.name)
+                values[f.name] = read.typed(var, f, _BOUNDS.get(var))
+            groups[group] = klass(**values)
+        top = {}
+        for f in dataclasses.fields(cls):
+            if f.name in _GROUPS or f.name in ("profile", "home"):
+                continue
+            var = _var(None, f.name)
+            top[f.name] = read.typed(var, f, _BOUNDS.get(var))
+        home_path = home.resolve()
+        for name, filename in (("ingest_token", "ingest.token"),):
+            if not top[name]:
+                top[name] = _read_secret(home_path / filename)
+        if not groups["serving"].deploy_token:
+            groups["serving"] = dataclasses.replace(groups["serving"],
+                                                    deploy_token=_read_secret(home_path / "deploy.token"))
+        return cls(profile=profile, home=home_path, **top, **groups)
+
+
+def load_settings() -> Settings:
+    """The process's settings, from its environment (entry points call this once)."""
+    return Settings.from_env()
+
+
+def ensure_tokens(settings: Settings) -> Settings:
+    """Settings whose ingestion and deploy tokens exist: each missing one is generated once into
+    its file under GYMOPS_HOME (0600). Commands that serve or control call this; reading does not."""
+    ingest = settings.ingest_token or _create_secret(settings.home / "ingest.token")
+    deploy = settings.serving.deploy_token or _create_secret(settings.home / "deploy.token")
+    return settings.replace(ingest_token=ingest, serving={"deploy_token": deploy})
+
+
+# -- plumbing ----------------------------------------------------------------------------------------
+_GROUPS = {"gates": GateSettings, "retrain": RetrainSettings, "partitions": PartitionSettings,
+           "serving": ServingSettings}
+# Variable names that do not follow GYMOPS_<GROUP>_<FIELD>.
+_NAMES = {
+    ("serving", "deploy_token"): "GYMOPS_DEPLOY_TOKEN",
+    ("serving", "deploy_header"): "GYMOPS_DEPLOY_HEADER",
+    ("serving", "host"): "GYMOPS_TRITON_HOST",
+    ("serving", "http_port"): "GYMOPS_TRITON_HTTP_PORT",
+    ("serving", "grpc_port"): "GYMOPS_TRITON_GRPC_PORT",
+    ("serving", "metrics_port"): "GYMOPS_TRITON_METRICS_PORT",
+    ("serving", "repository"): "GYMOPS_TRITON_REPOSITORY",
+    ("serving", "stub_site"): "GYMOPS_TRITON_STUB_SITE",
+    ("gates", "val_accuracy"): "GYMOPS_GATE_VAL_ACCURACY",
+    ("partitions", "start"): "GYMOPS_PARTITIONS_START",
+    ("partitions", "face_start"): "GYMOPS_FACE_PARTITIONS_START",
+    (None, "database_url_override"): "GYMOPS_DATABASE_URL",
+}
+_PREFIX = {"gates": "GYMOPS_GATE_", "retrain": "GYMOPS_RETRAIN_", "partitions": "GYMOPS_PARTITIONS_",
+           "serving": "GYMOPS_TRITON_", None: "GYMOPS_"}
+_KEEP_EMPTY = {"GYMOPS_PG_PASSWORD", "GYMOPS_DAGSTER_PG_URL"}
+# variable -> (lo, hi), inclusive
+_BOUNDS = {
+    "GYMOPS_GATE_VAL_ACCURACY": (0.0, 1.0), "GYMOPS_GATE_HOLDOUT_ACCURACY": (0.0, 1.0),
+    "GYMOPS_GATE_CLASS_ACCURACY": (0.0, 1.0), "GYMOPS_GATE_MIN_IMPROVEMENT": (-1.0, 1.0),
+    "GYMOPS_GATE_LATENCY_MS": (1e-9, math.inf), "GYMOPS_GATE_MEMORY_MB": (1e-9, math.inf),
+    "GYMOPS_GATE_THROUGHPUT_RPS": (0.0, math.inf), "GYMOPS_GATE_PERF_REQUESTS": (1, 1_000_000),
+    "GYMOPS_GATE_MIN_CLASS_FRACTION": (0.0, 0.5),
+    "GYMOPS_RETRAIN_MIN_CORRECTIONS": (0, math.inf), "GYMOPS_RETRAIN_MIN_DAYS": (0.0, math.inf),
+    "GYMOPS_RETRAIN_URGENT_CORRECTIONS": (0, math.inf),
+    "GYMOPS_PG_PORT": (1, 65535), "GYMOPS_INGEST_PORT": (1, 65535), "GYMOPS_TRITON_HTTP_PORT": (1, 65535),
+    "GYMOPS_TRITON_GRPC_PORT": (1, 65535), "GYMOPS_TRITON_METRICS_PORT": (1, 65535),
+    "GYMOPS_BATCH_SIZE": (1, 1_000_000), "GYMOPS_BATCH_WAIT_MS": (0, 3_600_000),
+}
+
+
+def _var(group: str | None, name: str) -> str:
+    return _NAMES.get((group, name)) or _PREFIX[group] + name.upper()
+
+
+def _flatten(settings: Settings) -> dict[str, Any]:
+    out = {"GYMOPS_PROFILE": settings.profile, "GYMOPS_HOME": settings.home}
+    for f in dataclasses.fields(settings):
+        if f.name in ("profile", "home"):
+            continue
+        if f.name in _GROUPS:
+            for g in dataclasses.fields(_GROUPS[f.name]):
+                if not (f.name == "serving" and g.name == "home"):
+                    out[_var(f.name, g.name)] = getattr(getattr(settings, f.name), g.name)
+        else:
+            out[_var(None, f.name)] = getattr(settings, f.name)
+    return out
+
+
+def _format(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+class _Reader:
+    def __init__(self, environ: Mapping[str, str]):
+        self.environ = environ
+
+    def raw(self, name: str) -> str | None:
+        value = self.environ.get(name)
+        return None if value is None or value.strip() == "" else value.strip()
+
+    def str(self, name: str, default: str) -> str:
+        return self.raw(name) or default
+
+    def path(self, name: str, default: Path) -> Path:
+        raw = self.raw(name)
+        return Path(raw) if raw else default
+
+    def typed(self, name: str, f: dataclasses.Field, bounds):
+        default = f.default
+        raw = self.raw(name)
+        if raw is None:
+            return default
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if kind in ("int", "float"):
+            parse = int if kind == "int" else float
+            try:
+                value = parse(raw)
+            except ValueError:
+                raise ConfigError(f"{name}: must be {'an integer' if parse is int else 'a number'}, "
+                                  f"got {raw!r}") from None
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{name}: must be a finite number, got {raw!r}")
+            lo, hi = bounds or (-math.inf, math.inf)
+            if not lo <= value <= hi:
+                raise ConfigError(f"{name}: must be between {lo:g} and {hi:g}, got {value:g}")
+            return value
+        if kind.startswith("Path"):
+            return Path(raw).resolve()
+        return raw
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _create_secret(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it between the read and the open
+        pass
+    else:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32) + "\n")
+    token = path.read_text().strip()
+    if not token:
+        raise ConfigError(f"{path} is empty; delete it to generate a new token")
+    return token
