@@ -1,11 +1,19 @@
 """This tier's own database (SQLite in the embedded profile, PostgreSQL in services)."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from functools import lru_cache
 
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """A timestamp read back from the database, zone-aware (SQLite hands back naive UTC)."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
 
 
 @lru_cache(maxsize=8)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +12,23 @@ from pathlib import Path
 import requests
 
 from gymops.settings import PROJECT_ROOT
+
+
+def free_port(preferred: int | None = None, taken: frozenset[int] | set[int] = frozenset()) -> int:
+    """A free loopback TCP port: ``preferred`` when it is free, else one the OS picks (not in ``taken``)."""
+    if preferred is not None:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", preferred))
+                return preferred
+            except OSError:
+                pass
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in taken:
+            return port
 
 
 def child_env(settings) -> dict[str, str]:

@@ -161,7 +161,7 @@ def main(argv=None) -> int:
 
         store = photo_store_for(settings)
         photos = [store.get(url) for url in _sample_urls(settings, 32)]
-        ingest_settings = dataclasses.replace(settings, ingest_port=replication._free_port(settings.ingest_port))
+        ingest_settings = dataclasses.replace(settings, ingest_port=processes.free_port(settings.ingest_port))
         log = settings.home / "logs" / "demo-ingest.log"
         ingest = processes.start(ingest_settings, "serve-ingest", log=log)
         base = f"http://{ingest_settings.ingest_host}:{ingest_settings.ingest_port}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
+
 import time
 import warnings
 from collections import Counter
@@ -24,20 +24,8 @@ from gymops.storage.photos import S3PhotoStore, photo_store_for
 from gymops.simulator.send import HttpSender
 from gymops.simulator.traffic import TrafficConfig, generate
 
-
 def _step(text: str) -> None:
     print(f"\n== {text}", flush=True)
-
-
-def _free_port(preferred: int) -> int:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", preferred))
-            return preferred
-        except OSError:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
-
 
 def _malformed(photo_url: str) -> list:
     base = {"eventType": "TaskConfirmedEvent", "eventId": "demo-bad-", "taskId": "TASK-X", "helperId": "H-1",
@@ -50,14 +38,13 @@ def _malformed(photo_url: str) -> list:
         {k: v for k, v in base.items() if k != "helperId"} | {"eventId": "demo-bad-missing"},
     ]
 
-
 def run(settings, args) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)  # dask, inside Feast's offline reads
     began = time.monotonic()
     _step(f"profile {settings.profile}: feast apply + history tables under {settings.home}")
     feature_store.apply(settings)
 
-    settings = dataclasses.replace(settings, ingest_port=_free_port(settings.ingest_port))
+    settings = dataclasses.replace(settings, ingest_port=processes.free_port(settings.ingest_port))
     log = settings.home / "logs" / "demo-ingest.log"
     base = f"http://{settings.ingest_host}:{settings.ingest_port}"
     _step(f"starting the ingestion endpoint on {base} (log: {log})")

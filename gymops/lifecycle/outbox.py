@@ -21,7 +21,7 @@ from typing import Callable
 
 import sqlalchemy as sa
 
-from gymops.db import metadata
+from gymops.db import as_utc, metadata
 from gymops.ingest.events import SCHEMA_VERSION, format_timestamp
 
 log = logging.getLogger(__name__)
@@ -154,15 +154,10 @@ class OutboxRow:
     last_error: str | None
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=timezone.utc)
-
 
 def _row(row) -> OutboxRow:
     m = dict(row._mapping)
-    m["created_at"], m["published_at"] = _utc(m["created_at"]), _utc(m["published_at"])
+    m["created_at"], m["published_at"] = as_utc(m["created_at"]), as_utc(m["published_at"])
     return OutboxRow(**m)
 
 

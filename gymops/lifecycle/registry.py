@@ -36,7 +36,7 @@ from typing import Iterator
 
 import sqlalchemy as sa
 
-from gymops.db import metadata
+from gymops.db import as_utc, metadata
 
 MODEL_TYPES = ("laundry", "face")
 
@@ -148,11 +148,6 @@ def parse_version(version: str) -> tuple[int, int, int]:
     return int(match[1]), int(match[2]), int(match[3])
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=timezone.utc)  # SQLite hands back naive UTC
-
 
 def _row(row) -> ModelVersion:
     m = row._mapping
@@ -160,8 +155,8 @@ def _row(row) -> ModelVersion:
         model_type=m["model_type"], version=m["version"], triton_version=m["triton_version"],
         architecture=m["architecture"], metrics=m["metrics"] or {}, dataset_id=m["dataset_id"],
         run_id=m["run_id"], parent_version=m["parent_version"], artifact_uri=m["artifact_uri"],
-        trained_at=_utc(m["trained_at"]), deployed_at=_utc(m["deployed_at"]), status=m["status"],
-        previous_version=m["previous_version"], status_reason=m["status_reason"], updated_at=_utc(m["updated_at"]),
+        trained_at=as_utc(m["trained_at"]), deployed_at=as_utc(m["deployed_at"]), status=m["status"],
+        previous_version=m["previous_version"], status_reason=m["status_reason"], updated_at=as_utc(m["updated_at"]),
     )
 
 

