@@ -662,9 +662,9 @@ def main(argv: list[str] | None = None) -> int:
         args.max_events = min(args.max_events, 5000)
         args.http_events, args.http_baseline_events = min(args.http_events, 2000), min(args.http_baseline_events, 200)
 
-    from gymops.history.feature_store import quiet_env
+    from gymops.settings import quiet_tools
 
-    os.environ.update(quiet_env())
+    quiet_tools()
     tag = uuid.uuid4().hex[:8]
     workdir = Path(tempfile.mkdtemp(prefix=f"gymops-bench-{tag}-"))
     began = time.time()

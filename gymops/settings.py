@@ -228,6 +228,35 @@ class Settings:
         return cls(profile=profile, home=home_path, **top, **groups)
 
 
+# Switches that keep third-party tools from calling out or writing outside the project
+# (../shared/notes/stack-facts.md, "Offline and quiet").
+QUIET_TOOLS = {
+    "NO_ALBUMENTATIONS_UPDATE": "1",  # albumentations checks PyPI for updates on import
+    "GX_ANALYTICS_ENABLED": "false",
+    "ORT_DISABLE_TELEMETRY": "1",
+    "FEAST_USAGE": "False",
+    "FEAST_DISABLE_USAGE": "1",
+    "PL_DISABLE_FORK": "1",  # Lightning: no fork-based launcher probing on CPU
+}
+
+
+def quiet_tools() -> None:
+    """Set QUIET_TOOLS in this process unless already set (before the tools are imported)."""
+    for key, value in QUIET_TOOLS.items():
+        os.environ.setdefault(key, value)
+
+
+def export_environment(settings: Settings) -> None:
+    """Write these settings into this process's environment, for the tools that expand ${VAR}
+    from it (Feast's feature_store.<profile>.yaml); and keep those tools quiet. Importing feast
+    otherwise creates /tmp/feast_metrics_* and flips prometheus_client into multiprocess mode."""
+    os.environ.update(settings.environment())
+    quiet_tools()
+    metrics = settings.home / "run" / "prometheus"
+    metrics.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PROMETHEUS_MULTIPROCESS_DIR", str(metrics))
+
+
 def load_settings() -> Settings:
     """The process's settings, from its environment (entry points call this once)."""
     return Settings.from_env()

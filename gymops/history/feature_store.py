@@ -4,34 +4,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from functools import lru_cache
 
 from gymops.history import tables as history
-from gymops.settings import PROJECT_ROOT, Settings
-
-
-def quiet_env() -> dict[str, str]:
-    """Switches that keep Feast (and friends) from calling out or writing outside the project."""
-    return {
-        "NO_ALBUMENTATIONS_UPDATE": "1",
-        "GX_ANALYTICS_ENABLED": "false",
-        "ORT_DISABLE_TELEMETRY": "1",
-        "FEAST_USAGE": "False",
-        "FEAST_DISABLE_USAGE": "1",
-    }
-
-
-def export_env(settings: Settings) -> None:
-    """Feast expands ${VAR} in feature_store.yaml from os.environ."""
-    os.environ.update(settings.environment())
-    os.environ.update(quiet_env())
-    metrics = settings.home / "run" / "prometheus"
-    metrics.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("PROMETHEUS_MULTIPROCESS_DIR", str(metrics))
+from gymops.processes import child_env
+from gymops.settings import Settings, export_environment
 
 
 def open_store(settings: Settings):
-    export_env(settings)
+    export_environment(settings)
     from feast import FeatureStore
 
     return FeatureStore(repo_path=str(settings.feast_repo), fs_yaml_file=settings.feast_yaml)
@@ -65,9 +45,8 @@ def apply(settings: Settings, quiet: bool = True) -> None:
     ensure_database(settings)
     for table in history.TABLES:
         history.history_for(settings, table).create()
-    export_env(settings)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    export_environment(settings)
+    env = child_env(settings)
     cmd = [os.path.join(os.path.dirname(sys.executable), "feast"), "-c", str(settings.feast_repo),
            "-f", str(settings.feast_yaml), "apply"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
-from gymops.settings import GateSettings
+from gymops.settings import GateSettings, quiet_tools
 from gymops.ingest.events import DEFECTIVE, GOOD, LABELS, MAX_FUTURE_SKEW
 
 PHOTO_URL_PATTERN = r"^(?:file|s3)://"
@@ -97,7 +97,7 @@ def _gx():
     with usage statistics and progress bars off."""
     with _GX_LOCK:
         if not _GX:
-            os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+            quiet_tools()
             import great_expectations as gx
             import great_expectations.expectations as gxe
             from great_expectations.data_context.types.base import ProgressBarsConfig

@@ -17,12 +17,13 @@ dataset is reproducible image by image whatever order or thread it is built in.
 from __future__ import annotations
 
 import hashlib
-import os
 from functools import lru_cache
 
 import numpy as np
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no update check over the network
+from gymops.settings import quiet_tools  # noqa: E402
+
+quiet_tools()  # before onnxruntime/albumentations are imported
 
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402

@@ -5,7 +5,6 @@ is [[tn, fp], [fn, tp]] = [[good->good, good->defective], [defective->good, defe
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,7 +13,9 @@ import numpy as np
 
 from gymops.ingest.events import DEFECTIVE, GOOD, LABELS
 
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+from gymops.settings import quiet_tools  # noqa: E402
+
+quiet_tools()  # before onnxruntime/albumentations are imported
 
 
 def _labels_to_int(labels: Sequence[Any] | np.ndarray) -> np.ndarray:

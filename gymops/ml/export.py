@@ -16,7 +16,9 @@ from torch import nn
 
 from gymops.ml.preprocess import normalise
 
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+from gymops.settings import quiet_tools  # noqa: E402
+
+quiet_tools()  # before onnxruntime/albumentations are imported
 
 OPSET = 17
 INPUT_NAME = "image"

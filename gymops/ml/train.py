@@ -62,6 +62,7 @@ from gymops.ml.backbones import build_backbone
 from gymops.ml.dataset import DatasetManifest
 from gymops.ml.evaluate import classification_metrics
 from gymops.ml.preprocess import normalise
+from gymops.settings import quiet_tools
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -220,7 +221,7 @@ class LaundryNet(nn.Module):
 
 
 def _lightning():
-    os.environ.setdefault("PL_DISABLE_FORK", "1")
+    quiet_tools()
     import lightning.pytorch as pl
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_utilities"):
