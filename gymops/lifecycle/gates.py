@@ -23,6 +23,8 @@ from typing import Any, Iterable, Mapping
 
 from gymops.settings import GateSettings, quiet_tools
 from gymops.ingest.events import DEFECTIVE, GOOD, LABELS, MAX_FUTURE_SKEW
+from gymops.lifecycle.outbox import failure_reason
+from gymops.ml.preprocess import IMAGE_SIZE
 
 PHOTO_URL_PATTERN = r"^(?:file|s3)://"
 EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
@@ -83,8 +85,8 @@ def _plain(value):
 def failures_as_reasons(results: Iterable[GateResult]) -> list[dict]:
     """[{gate, check, value, threshold, message}] of every failed check: the reasons of a
     ModelVerificationFailedEvent."""
-    return [_plain({"gate": r.gate, "check": f.check, "value": f.value, "threshold": f.threshold,
-                    "message": f.message}) for r in results for f in r.failures]
+    return [_plain(failure_reason(r.gate, f.check, f.value, f.threshold, f.message))
+            for r in results for f in r.failures]
 
 
 # -- Great Expectations -------------------------------------------------------------------------
@@ -378,8 +380,8 @@ def performance_gate(onnx_path, sample_inputs, thresholds: GateSettings | None =
     t = thresholds or GateSettings()
     gate = "performance"
     inputs = np.asarray(sample_inputs)
-    if inputs.ndim != 4 or inputs.shape[1:] != (3, 224, 224) or len(inputs) == 0:
-        raise ValueError(f"sample_inputs must be (N, 3, 224, 224) with N >= 1, got {inputs.shape}")
+    if inputs.ndim != 4 or inputs.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE) or len(inputs) == 0:
+        raise ValueError(f"sample_inputs must be (N, 3, {IMAGE_SIZE}, {IMAGE_SIZE}) with N >= 1, got {inputs.shape}")
     if inputs.dtype != np.float32:
         raise ValueError(f"sample_inputs must be float32, got {inputs.dtype}")
     if not os.path.isfile(onnx_path):

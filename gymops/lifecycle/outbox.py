@@ -97,9 +97,15 @@ def _seconds(name: str, value) -> float | None:
     return round(float(value), 3)
 
 
+def failure_reason(gate: str, check: str, value, threshold, message: str) -> dict:
+    """One reason of a ModelVerificationFailedEvent (the gates' failed checks and the deployer's
+    failed steps are both reported in this shape)."""
+    return {"gate": gate, "check": check, "value": value, "threshold": threshold, "message": message}
+
+
 def model_verification_failed(model_type: str, version: str, reasons: list[dict], run_id: str | None = None,
                               event_id: str | None = None, timestamp: datetime | None = None) -> dict:
-    """reasons: [{gate, check, value, threshold, message}] (verification.failures_as_reasons)."""
+    """reasons: [failure_reason(...)] (gates.failures_as_reasons, the deployer's failed steps)."""
     if not isinstance(reasons, list) or not reasons:
         raise ValueError("reasons: must be a non-empty list of {gate, check, value, threshold, message}")
     for i, reason in enumerate(reasons):
@@ -190,6 +196,29 @@ class Outbox:
     def record_event(self, payload: dict, conn: sa.Connection | None = None) -> str:
         """``record`` for a payload from one of the builders above (its eventType names the type)."""
         return self.record(payload.get("eventType"), payload, conn=conn)
+
+    def amend_pending(self, event_id: str, changes: dict, conn: sa.Connection | None = None) -> bool:
+        """Set fields of a still-pending event's payload (e.g. a measurement only known after the
+        change it announces); True when amended, False when the event is unknown or already
+        published (then it went out without the change). The envelope (eventType, eventId,
+        schemaVersion, timestamp) cannot be changed."""
+        frozen = {"eventType", "eventId", "schemaVersion", "timestamp"} & set(changes)
+        if frozen:
+            raise ValueError(f"cannot amend the envelope fields {sorted(frozen)}")
+
+        def amend(c: sa.Connection) -> bool:
+            row = c.execute(sa.select(outbox.c.id, outbox.c.payload).where(
+                outbox.c.event_id == event_id, outbox.c.published_at.is_(None))).first()
+            if row is None:
+                return False
+            payload = {**row.payload, **_json_safe(changes)}
+            return c.execute(outbox.update().where(outbox.c.id == row.id, outbox.c.published_at.is_(None))
+                             .values(payload=payload)).rowcount == 1
+
+        if conn is not None:
+            return amend(conn)
+        with self.engine.begin() as own:
+            return amend(own)
 
     def pending(self, limit: int = 100) -> list[OutboxRow]:
         with self.engine.connect() as conn:
