@@ -11,7 +11,7 @@ export FEAST_USAGE := False
 .PHONY: demo test venv setup up down status test-services bench-ingest clean
 
 demo: venv            ## the main job on the embedded profile (bootstraps the venv if needed)
-	$(PY) -m gymops.demo.loop
+	$(PY) -m gymops demo
 
 test: venv            ## the whole test suite (service tests skip outside CI when a service is down)
 	$(PY) -m pytest -q
@@ -33,7 +33,7 @@ status:
 	scripts/up.sh status
 
 bench-ingest: venv    ## bench/ingest: events/s end to end, both paths; writes bench/results/ingest.json
-	$(PY) bench/ingest.py
+	$(PY) -m bench.ingest
 
 clean:                ## remove the embedded profile's state (var/)
 	rm -rf var

@@ -22,8 +22,8 @@ Failed requests of the client thread are counted per phase (requests whose [sent
 overlaps the phase); after a failure the thread waits 50 ms before the next request, so during the
 restart the count is ~20 per second of outage. Targets: deploy_s <= 10 and rollback_s <= 10 (medians).
 
-    python bench/deploy.py            # 5 rounds; writes bench/results/deploy.json
-    python bench/deploy.py --quick    # 1 round (writes only with --out)
+    python -m bench.deploy            # 5 rounds; writes bench/results/deploy.json
+    python -m bench.deploy --quick    # 1 round (writes only with --out)
 """
 from __future__ import annotations
 
@@ -31,17 +31,14 @@ import argparse
 import secrets
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from bench.models import (  # noqa: E402
+from bench.models import (
     MODEL, RESULTS, MachineMeter, bench_photos, build_versions, emit, free_port, log, versions_summary,
 )
 

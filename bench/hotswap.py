@@ -14,22 +14,19 @@ window overlaps a swap (from the swap call to the old version gone) widened by 1
 The alternative compared is the same load without swaps (the steady period of the same run).
 Targets: 0 failed requests; p99 while swapping <= 2 x steady p99.
 
-    python bench/hotswap.py            # >= 60 s, 20 swaps; writes bench/results/hotswap.json
-    python bench/hotswap.py --quick    # a short smoke run (writes only with --out)
+    python -m bench.hotswap            # >= 60 s, 20 swaps; writes bench/results/hotswap.json
+    python -m bench.hotswap --quick    # a short smoke run (writes only with --out)
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from bench.models import (  # noqa: E402
+from bench.models import (
     MODEL, RESULTS, MachineMeter, PhotoLoad, bench_photos, build_versions, emit, latency_summary, log,
     other_cpu_busy, triton, triton_caller, versions_summary, wait_for_quiet,
 )

@@ -298,7 +298,7 @@ def run_amqp(settings, label: str, events: int, rate: float, publishers: int, po
     logfile = workdir / f"{label}.consume.log"
     log(f"{label}: starting the consumer (batch size {settings.batch_size}, wait {settings.batch_wait_ms} ms, "
         f"queue {settings.rabbitmq_queue})")
-    proc = processes.start(settings, "consume", log=logfile)
+    proc = processes.start(settings, "ingest", "consume", log=logfile)
     poller = PgPoller(conninfo, prefix, poll_s)
     workers: list = []
     try:
@@ -513,7 +513,7 @@ def run_http(settings, label: str, events: int, threads: int, batch: int, workdi
     logfile = workdir / f"{label}.serve.log"
     url = f"http://{settings.ingest_host}:{settings.ingest_port}"
     log(f"{label}: starting serve-ingest on {url} (batch size {settings.batch_size})")
-    proc = processes.start(settings, "serve-ingest", log=logfile)
+    proc = processes.start(settings, "ingest", "serve", log=logfile)
     request_s: list[float] = []
     posted = [0] * threads
     errors: list[BaseException] = []

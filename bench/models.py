@@ -10,10 +10,10 @@
   garments, 30 % with drawn defects), deterministic.
 * A throwaway Triton server (temporary repository holding both versions, free loopback ports, a
   random deploy token), controlled over gRPC with gymops.serving.control.
-* PhotoLoad: gymops.serving.bench.Load (records, summary) over many photos and any backend, bounded
+* PhotoLoad: bench.load.Load (records, summary) over many photos and any backend, bounded
   in requests and time.
 
-    python bench/models.py            # build (or show) the cached versions
+    python -m bench.models            # build (or show) the cached versions
 """
 from __future__ import annotations
 
@@ -34,13 +34,11 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 for _key, _value in (("ORT_DISABLE_TELEMETRY", "1"), ("NO_ALBUMENTATIONS_UPDATE", "1")):
     os.environ.setdefault(_key, _value)
 
-from gymops.serving.bench import Load, _summary  # noqa: E402  -- the latency/throughput helpers
+from bench.load import Load, _summary  # the latency/throughput helpers
 
 MODEL = "laundry"
 RESULTS = ROOT / "bench" / "results"
@@ -86,7 +84,7 @@ def _sha256(path: Path) -> str:
 def _build_one(number: int, semver: str, seed: int, tasks: int, folder: Path) -> None:
     import torch
 
-    from gymops.ml.bench import records_from_traffic
+    from bench.stages import records_from_traffic
     from gymops.ml.dataset import Holdout, build_dataset, fetch_photos
     from gymops.ml.evaluate import evaluate_onnx
     from gymops.ml.export import export_onnx
@@ -199,7 +197,7 @@ def bench_photos(n: int = 128, seed: int = PHOTO_SEED) -> list[bytes]:
 # Load
 
 class PhotoLoad(Load):
-    """gymops.serving.bench.Load over many photos and any backend: one thread per entry of
+    """bench.load.Load over many photos and any backend: one thread per entry of
     ``callers`` (name, factory); factory() -> (call(photo) -> model version, close()). Each thread
     cycles through the photos from its own offset, optionally paced (``interval_s`` between request
     starts), and stops at the stop event, after ``max_requests`` or at ``max_seconds``. Every

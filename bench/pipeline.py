@@ -2,7 +2,7 @@
 (150 corrected tasks -> 750 augmented images -> gated candidate), on this CPU, through the real
 Dagster job (Feast history, GE checks, Lightning training, ONNX export, sandboxed gates).
 
-    .venv/bin/python bench/pipeline.py [--seeds 11,...,20] [--tasks 230] [--holdout-min 20] [--quick]
+    .venv/bin/python -m bench.pipeline [--seeds 11,...,20] [--tasks 230] [--holdout-min 20] [--quick]
 
 The pipeline keeps a frozen holdout (per class max(--holdout-min, 15%)) and 20% of the rest for
 validation out of training, so 230 simulated tasks leave ~150 training tasks (x5 = ~750 augmented
@@ -33,7 +33,6 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 DESIGN_ESTIMATE_S = 2 * 3600
 
 
@@ -61,7 +60,7 @@ def main(argv=None) -> int:
     os.environ.update({"GYMOPS_PROFILE": "embedded", "GYMOPS_HOME": str(home), "GYMOPS_INGEST_TOKEN": "bench"})
     import dagster as dg
 
-    import runs
+    from assets import jobs as runs
     from gymops.history import feature_store
     from gymops.settings import load_settings
     from gymops.simulator.history import ingest_simulated_history
@@ -79,7 +78,7 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             holdout_min = 4 if args.quick else args.holdout_min
             result = runs.run_laundry_training(
-                instance, first, last, runs.training_run_config(copies=args.copies, holdout_min_per_class=holdout_min))
+                settings, instance, first, last, runs.training_run_config(copies=args.copies, holdout_min_per_class=holdout_min))
             total_s = time.perf_counter() - t
             stages = runs.step_seconds(instance, result.run_id)
         dataset = runs.metadata(result, "training_dataset")
@@ -88,7 +87,7 @@ def main(argv=None) -> int:
         checks = {name: e.passed for name, e in runs.check_results(result).items()}
         out = {
             "benchmark": "pipeline",
-            "command": "python bench/pipeline.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": "python -m bench.pipeline " + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": {"cpus": os.cpu_count(), "gpu": None},
             "workload": {"tasks_simulated": args.tasks, "days": args.days, "copies": args.copies,
                          "history_seed": args.seed, "holdout_min_per_class": holdout_min,
@@ -223,7 +222,7 @@ def repeat(args, argv: list[str]) -> int:
     probs = [r["gate_pass_probability"] for r in runs_out if r["gate_pass_probability"] is not None]
     summary = {
         "benchmark": "pipeline",
-        "command": "python bench/pipeline.py " + " ".join(argv),
+        "command": "python -m bench.pipeline " + " ".join(argv),
         "machine": runs_out[0]["machine"],
         "workload": {k: v for k, v in runs_out[0]["workload"].items() if k not in ("history_seed", "dataset_id")}
         | {"history_seeds": seeds},

@@ -27,8 +27,8 @@ servers are stopped by PID.
 
 Targets: Triton >= 0.8 x the bare onnxruntime throughput and >= 2 x the FastAPI path; p50 <= 25 ms.
 
-    python bench/serving.py            # the full run; writes bench/results/serving.json
-    python bench/serving.py --quick    # a short smoke run (writes only with --out)
+    python -m bench.serving            # the full run; writes bench/results/serving.json
+    python -m bench.serving --quick    # a short smoke run (writes only with --out)
 Exploring (figures go to stdout only unless --out): --instances N, --queue-delay-us N,
 --intra-op-threads N, --concurrency N, --paths triton,ort.
 """
@@ -43,10 +43,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from bench.models import (  # noqa: E402
+from bench.models import (
     RESULTS, MachineMeter, PhotoLoad, base_config, bench_photos, build_versions, cpu_seconds, emit, free_port,
     latency_summary, log, metrics_delta, other_cpu_busy, triton, triton_caller, triton_metrics, versions_summary,
     wait_for_quiet,

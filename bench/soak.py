@@ -15,21 +15,18 @@ warm-up says whether it is a trend or noise. Upstream reports growth over repeat
 The alternative compared: the per-swap time of the first swaps after warm-up vs the last ones
 (ratio), and the memory after warm-up vs at the end. Target: tritonserver grows <= 50 MiB.
 
-    python bench/soak.py            # 200 swaps; writes bench/results/soak.json
-    python bench/soak.py --quick    # 20 swaps (writes only with --out)
+    python -m bench.soak            # 200 swaps; writes bench/results/soak.json
+    python -m bench.soak --quick    # 20 swaps (writes only with --out)
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from bench.models import (  # noqa: E402
+from bench.models import (
     MODEL, RESULTS, MachineMeter, PhotoLoad, bench_photos, build_versions, emit, latency_summary, log,
     triton, triton_caller, versions_summary,
 )

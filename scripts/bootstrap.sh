@@ -44,6 +44,6 @@ fi
 "$UV" pip install -q --compile-bytecode --no-deps -r requirements-triton.txt
 "$UV" pip install -q --no-deps -e .
 # numpy 1.x beside the venv for Triton's Python-backend stubs, which corrupt tensors under numpy 2
-"$VENV/bin/python" -m gymops.serving setup
+"$VENV/bin/python" -m gymops serving setup
 "$VENV/bin/python" -c "import torch, feast, dagster, lightning, albumentations, great_expectations, tritonclient.grpc, pika; print('bootstrap: torch', torch.__version__, '| feast', feast.__version__, '| dagster', dagster.__version__)"
 echo "$want" > "$STAMP"

@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-HOME_DIR=$($PY -c 'from gymops.config import load_settings; print(load_settings().home)')
-PROFILE=$($PY -c 'from gymops.config import load_settings; print(load_settings().profile)')
+HOME_DIR=$($PY -c 'from gymops.settings import load_settings; print(load_settings().home)')
+PROFILE=$($PY -c 'from gymops.settings import load_settings; print(load_settings().profile)')
 RUN="$HOME_DIR/run"; LOGS="$HOME_DIR/logs"
 mkdir -p "$RUN" "$LOGS"
 DAGSTER_PORT=${DAGSTER_PORT:-3000}
@@ -37,14 +37,14 @@ halt() {  # name, signal
 case "${1:-start}" in
   start)
     # the variables the profile's config files expand (GYMOPS_PG_*, GYMOPS_DAGSTER_PG_URL, ...)
-    eval "$($PY -c 'import shlex; from gymops.config import load_settings
+    eval "$($PY -c 'import shlex; from gymops.settings import load_settings
 for k, v in load_settings().environment().items(): print(f"export {k}={shlex.quote(v)}")')"
-    export DAGSTER_HOME; DAGSTER_HOME=$($PY -c 'from gymops.config import load_settings; from gymops.dagster_home import prepare; print(prepare(load_settings()))')
+    export DAGSTER_HOME; DAGSTER_HOME=$($PY -c 'from gymops.settings import load_settings; from gymops.dagster_home import prepare; print(prepare(load_settings()))')
     if [ "$PROFILE" = services ]; then
-      $PY -m gymops.storage.s3server start
-      launch consumer "$PY" -m gymops -v consume
+      $PY -m gymops s3 start
+      launch consumer "$PY" -m gymops -v ingest consume
     fi
-    launch ingest "$PY" -m gymops serve-ingest
+    launch ingest "$PY" -m gymops ingest serve
     launch dagster .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p "$DAGSTER_PORT"
     echo "Dagster UI: http://127.0.0.1:$DAGSTER_PORT   ingestion: POST http://127.0.0.1:${GYMOPS_INGEST_PORT:-8088}/v1/events"
     echo "token: GYMOPS_INGEST_TOKEN or $HOME_DIR/ingest.token   stop with: make down"
@@ -53,7 +53,7 @@ for k, v in load_settings().environment().items(): print(f"export {k}={shlex.quo
     halt dagster INT
     halt ingest
     halt consumer
-    [ "$PROFILE" = services ] && $PY -m gymops.storage.s3server stop || true
+    [ "$PROFILE" = services ] && $PY -m gymops s3 stop || true
     ;;
   status)
     for name in dagster ingest consumer; do

@@ -52,7 +52,7 @@ def test_consumer_stores_valid_events_and_dead_letters_the_rest(queue_settings, 
     publisher.publish_many(good + [good[0]] + bad)  # one duplicate, two invalid
     publisher.close()
     ids = {json.loads(e)["eventId"] for e in good}
-    proc = start(settings, "consume", log=tmp_path / "consume.log")
+    proc = start(settings, "ingest", "consume", log=tmp_path / "consume.log")
     try:
         wait_for(lambda: stored(settings, ids) == ids, 60, "all valid events stored")
         time.sleep(1)
@@ -76,14 +76,14 @@ def test_consumer_killed_mid_batch_then_restarted_stores_every_event_once(queue_
     publisher.close()
 
     log = tmp_path / "consume.log"
-    proc = start(settings, "consume", log=log)
+    proc = start(settings, "ingest", "consume", log=log)
     wait_for(lambda: len(stored(settings, ids)) >= 300, 90, "consumer made progress", interval=0.05)
     stop(proc, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     landed = len(stored(settings, ids))
     assert landed < len(ids), "killed too late to be mid-stream"
 
-    proc = start(settings, "consume", log=log)
+    proc = start(settings, "ingest", "consume", log=log)
     try:
         wait_for(lambda: stored(settings, ids) == ids, 120, "every event stored after the restart")
         time.sleep(1)  # let any redelivery land, if it were to duplicate
@@ -104,7 +104,7 @@ def test_broker_restart_mid_stream_loses_nothing(queue_settings, tmp_path):
     bodies = events(settings, 2000)
     ids = {json.loads(b)["eventId"] for b in bodies}
     log = tmp_path / "consume.log"
-    proc = start(settings, "consume", log=log)
+    proc = start(settings, "ingest", "consume", log=log)
     published = []
 
     def publish():

@@ -15,7 +15,7 @@ from test_replicator import task_event
 def endpoint(embedded, tmp_path_factory):
     settings = dataclasses.replace(embedded, ingest_port=free_port())
     log = tmp_path_factory.mktemp("http") / "serve.log"
-    proc = start(settings, "serve-ingest", log=log)
+    proc = start(settings, "ingest", "serve", log=log)
     base = f"http://127.0.0.1:{settings.ingest_port}"
     try:
         wait_http(base + "/healthz", proc, log)

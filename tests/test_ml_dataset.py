@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gymops.ingest.events import DEFECTIVE, GOOD
-from gymops.ml.bench import records_from_traffic
+from bench.stages import records_from_traffic
 from gymops.ml.dataset import (
     DatasetManifest, Holdout, NotEnoughData, TaskRecord, build_dataset, fetch_photos,
 )

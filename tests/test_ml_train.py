@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gymops.ml.bench import records_from_traffic
+from bench.stages import records_from_traffic
 from gymops.ml.dataset import build_dataset, fetch_photos
 from gymops.ml.evaluate import classification_metrics, evaluate_onnx, predict_onnx
 from gymops.ml.export import ExportMismatch, export_onnx

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import IN_CI, free_port
+from gymops.cli import main as cli_main
 from gymops.settings import Settings
 from gymops.storage import s3server
 from gymops.ingest.events import EventValidationError, TaskConfirmedEvent, parse_event
@@ -201,27 +202,27 @@ def test_s3server_cli_start_status_stop_keeps_data(tmp_path, monkeypatch, capsys
     monkeypatch.setenv("GYMOPS_PROFILE", "services")
     monkeypatch.setenv("GYMOPS_HOME", str(tmp_path))
     monkeypatch.setenv("GYMOPS_S3_ENDPOINT", f"http://127.0.0.1:{free_port()}")
-    settings = Settings()
+    settings = Settings.from_env()
     pid_file = tmp_path / "run" / "s3server.pid"
     pids = []
     try:
         for round_ in range(2):
-            assert s3server.main(["start"]) == 0
+            assert cli_main(["s3", "start"]) == 0
             pids.append(int(pid_file.read_text()))
-            assert s3server.main(["status"]) == 0
+            assert cli_main(["s3", "status"]) == 0
             store = photo_store_for(settings)
             if round_ == 0:
-                assert s3server.main(["start"]) == 0  # already running: no second server
+                assert cli_main(["s3", "start"]) == 0  # already running: no second server
                 assert int(pid_file.read_text()) == pids[0]
                 assert "already running" in capsys.readouterr().out
                 store.ensure_bucket()
                 url = store.put("tasks/b1/kept.jpg", JPEG)
             else:
                 assert store.get(url) == JPEG  # survived the restart
-            assert s3server.main(["stop"]) == 0
+            assert cli_main(["s3", "stop"]) == 0
             assert not pid_file.exists()
-            assert s3server.main(["status"]) == 3
+            assert cli_main(["s3", "status"]) == 3
     finally:
-        s3server.main(["stop"])
+        cli_main(["s3", "stop"])
     for pid in pids:
         assert not Path(f"/proc/{pid}/cmdline").exists() or not Path(f"/proc/{pid}/cmdline").read_bytes()

@@ -329,7 +329,7 @@ def test_cli_start_status_stop(deployment, tmp_path):
     env = {**os.environ, **env_settings}
 
     def cli(*args, check=True):
-        out = subprocess.run([sys.executable, "-m", "gymops.serving", *args], env=env, capture_output=True,
+        out = subprocess.run([sys.executable, "-m", "gymops", "serving", *args], env=env, capture_output=True,
                              text=True, timeout=120)
         if check:
             assert out.returncode == 0, out.stdout + out.stderr

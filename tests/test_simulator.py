@@ -146,16 +146,16 @@ def test_write_jsonl_and_cli(tmp_path, monkeypatch, capsys):
     assert [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()] == [{"a": "양호"}, {"b": 1}]
     assert "양호" in out.read_text(encoding="utf-8")  # UTF-8, not \\u escapes
 
-    from gymops.simulator.__main__ import main
+    from gymops.cli import main
 
     monkeypatch.setenv("GYMOPS_PROFILE", "embedded")
     monkeypatch.setenv("GYMOPS_HOME", str(tmp_path / "home"))
-    args = ["--tasks", "20", "--members", "3", "--entries", "5", "--seed", "4", "--start", "2025-01-01T00:00:00Z",
+    args = ["simulate", "--tasks", "20", "--members", "3", "--entries", "5", "--seed", "4", "--start", "2025-01-01T00:00:00Z",
             "--out", str(out)]
     assert main(args) == 0
     events = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert len(events) == 20 + 3 + 6 + 5
-    store = LocalPhotoStore(Settings().photo_root)
+    store = LocalPhotoStore(Settings.from_env().photo_root)
     for wire in events:
         parse_event(wire, check_photo_url=store.check_url)
     assert "TaskConfirmedEvent=20" in capsys.readouterr().out

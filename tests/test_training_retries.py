@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
-    from gymops.ml.bench import records_from_traffic
+    from bench.stages import records_from_traffic
     from gymops.ml.dataset import build_dataset, fetch_photos
     from gymops.storage.photos import LocalPhotoStore
 

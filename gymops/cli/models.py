@@ -1,19 +1,8 @@
-"""CLI commands above the plumbing: the simulator and the demo."""
+"""`gymops models {rollback,reconcile}`: which model version Triton serves, through the deployer
+(registry first, then the swap). `models list|show` belong here too."""
 from __future__ import annotations
 
-import argparse
-
-
-def cmd_simulate(settings, args) -> int:
-    from gymops.simulator.__main__ import main
-
-    return main(args.simulator_args)
-
-
-def cmd_demo(settings, args) -> int:
-    from gymops.demo.replication import run
-
-    return run(settings, args)
+from gymops.cli import add_group
 
 
 def _deployer(settings):
@@ -36,28 +25,18 @@ def cmd_rollback(settings, args) -> int:
 
 def cmd_reconcile(settings, args) -> int:
     report = _deployer(settings).reconcile(args.model_type)
-    print(f"{args.model_type}: {'; '.join(report.actions) or 'nothing to do'}; "
-          f"consistent: {report.consistency.ok}")
+    print(f"{args.model_type}: {'; '.join(report.actions) or 'nothing to do'}; consistent: {report.consistency.ok}")
     return 0 if report.consistency.ok else 1
 
 
 def register(sub) -> None:
-    p = sub.add_parser("rollback", help="serve the previous (or a named) model version again, with no failed request")
+    group = add_group(sub, "models", "the registry's model versions and the one Triton serves")
+    p = group.add_parser("rollback", help="serve the previous (or a named) model version again, with no failed request")
     p.add_argument("--to", default="", help="the version to serve (default: the one the active version replaced)")
     p.add_argument("--reason", default="operator rollback")
     p.add_argument("--model-type", default="laundry")
     p.set_defaults(handler=cmd_rollback)
 
-    p = sub.add_parser("reconcile", help="make Triton serve the registry's active version (after a crash or restart)")
+    p = group.add_parser("reconcile", help="make Triton serve the registry's active version (after a crash or restart)")
     p.add_argument("--model-type", default="laundry")
     p.set_defaults(handler=cmd_reconcile)
-
-    p = sub.add_parser("simulate", add_help=False,
-                       help="simulate the Helper and Auth services: photos + events (`gymops simulate --help`)")
-    p.add_argument("simulator_args", nargs=argparse.REMAINDER)
-    p.set_defaults(handler=cmd_simulate)
-
-    p = sub.add_parser("demo", help="the main job on the current profile: ingest simulated traffic, show the result")
-    p.add_argument("--tasks", type=int, default=300)
-    p.add_argument("--seed", type=int, default=7)
-    p.set_defaults(handler=cmd_demo)

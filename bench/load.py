@@ -2,9 +2,9 @@
 latency of one photo over HTTP and gRPC, requests/s with concurrent clients, failures during swaps,
 server memory. The functions take a running server's addresses, so a performance gate can reuse them.
 
-    python -m gymops.serving.bench                 # a tiny conv net: the serving overhead alone
-    python -m gymops.serving.bench --lite0         # EfficientNet-Lite0 + a 2-class head (real size)
-    python -m gymops.serving.bench --onnx a.onnx --onnx b.onnx --out figures.json
+    python -m bench.load                 # a tiny conv net: the serving overhead alone
+    python -m bench.load --lite0         # EfficientNet-Lite0 + a 2-class head (real size)
+    python -m bench.load --onnx a.onnx --onnx b.onnx --out figures.json
 """
 from __future__ import annotations
 
@@ -211,7 +211,7 @@ def run(onnx_files: list[Path], n: int = 200, seconds: float = 10.0, swaps: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gymops.serving.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--onnx", action="append", type=Path, help="ONNX files (versions 1, 2, ...)")
     parser.add_argument("--lite0", action="store_true", help="export EfficientNet-Lite0 models to serve")

@@ -1,6 +1,6 @@
 """End-to-end measurement of the laundry pipeline on simulated traffic, stage by stage.
 
-    python -m gymops.ml.bench --tasks 150 [--seed 0] [--work DIR] [--keep]
+    python -m bench.stages --tasks 150 [--seed 0] [--work DIR] [--keep]
 
 simulate -> fetch -> holdout -> dataset (split + augment) -> features + train -> ONNX export ->
 evaluation on the frozen holdout. Prints one JSON document (accuracy per split and class, timings).
@@ -95,7 +95,7 @@ def run(tasks: int, seed: int, work: Path, copies: int = 5, **train_overrides) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gymops.ml.bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.stages", description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--copies", type=int, default=5)

@@ -1,4 +1,4 @@
-"""python -m gymops.serving {setup,start,stop,status,index,swap,unload}
+"""`gymops serving {setup,start,stop,status,index,swap,unload}`: the Triton server.
 
 start runs the server in the background (its own session) and records it under $GYMOPS_HOME/run
 (triton.pid, triton.json); stop and status find it there. Ports: GYMOPS_TRITON_HTTP_PORT,
@@ -8,10 +8,25 @@ GYMOPS_TRITON_REPOSITORY (triton_models/); deploy token: GYMOPS_DEPLOY_TOKEN or 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 
-from gymops.settings import ConfigError, load_settings
+from gymops.cli import add_group
+
+
+def _serving(handler):
+    """handler(serving_settings, args), with the deploy token made sure of and one line on failure."""
+    @functools.wraps(handler)
+    def run(settings, args) -> int:
+        from gymops.settings import ensure_tokens
+
+        try:
+            return handler(ensure_tokens(settings).serving, args)
+        except Exception as exc:  # noqa: BLE001 -- one line for the operator, not a traceback
+            print(f"serving {args.command} failed: {exc}", file=sys.stderr)
+            return 1
+    return run
 
 
 def _server(ss):
@@ -20,14 +35,13 @@ def _server(ss):
     return TritonServer.from_pid_file(ss)
 
 
+@_serving
 def cmd_setup(ss, args) -> int:
     from gymops.serving.server import check_runnable, prepare_backend_dir, prepare_cache_dir, wheel_layout
-    from gymops.serving.stubenv import ensure_stub_site
+    from gymops.serving.stubenv import ensure_stub_site, stub_site_dir
 
     layout = wheel_layout()
     check_runnable(layout)
-    from gymops.serving.stubenv import stub_site_dir
-
     site = ensure_stub_site(stub_site_dir(ss.stub_site), quiet=False)
     prepare_backend_dir(ss.triton_home / "backends", layout)
     prepare_cache_dir(ss.triton_home / "caches", layout)
@@ -35,6 +49,7 @@ def cmd_setup(ss, args) -> int:
     return 0
 
 
+@_serving
 def cmd_start(ss, args) -> int:
     from gymops.serving.server import TritonServer
 
@@ -48,6 +63,7 @@ def cmd_start(ss, args) -> int:
     return 0
 
 
+@_serving
 def cmd_stop(ss, args) -> int:
     from gymops.serving.server import TritonServer
 
@@ -63,6 +79,7 @@ def cmd_stop(ss, args) -> int:
     return 0
 
 
+@_serving
 def cmd_status(ss, args) -> int:
     server = _server(ss)
     if server is None:
@@ -80,6 +97,7 @@ def cmd_status(ss, args) -> int:
     return 0 if health.get("live") else 1
 
 
+@_serving
 def cmd_index(ss, args) -> int:
     from gymops.serving.control import ModelControl
 
@@ -88,6 +106,7 @@ def cmd_index(ss, args) -> int:
     return 0
 
 
+@_serving
 def cmd_swap(ss, args) -> int:
     from gymops.serving.control import ModelControl
 
@@ -98,6 +117,7 @@ def cmd_swap(ss, args) -> int:
     return 0
 
 
+@_serving
 def cmd_unload(ss, args) -> int:
     from gymops.serving.control import ModelControl
 
@@ -107,39 +127,25 @@ def cmd_unload(ss, args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gymops.serving", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("setup", help="check the binary, install the stubs' numpy 1.x, prepare the backend directory")
-    p = sub.add_parser("start", help="start tritonserver in the background")
+def register(sub) -> None:
+    group = add_group(sub, "serving", "the Triton server (explicit model control, PID file under $GYMOPS_HOME/run)")
+    p = group.add_parser("setup", help="check the binary, install the stubs' numpy 1.x, prepare the backend directory")
+    p.set_defaults(handler=cmd_setup)
+    p = group.add_parser("start", help="start tritonserver in the background",
+                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--timeout", type=float, default=60.0)
-    p = sub.add_parser("stop", help="stop it (SIGTERM, SIGKILL after --timeout)")
+    p.set_defaults(handler=cmd_start)
+    p = group.add_parser("stop", help="stop it (SIGTERM, SIGKILL after --timeout)")
     p.add_argument("--timeout", type=float, default=30.0)
-    sub.add_parser("status", help="pid, health, memory, models (exit 3 when not running)")
-    sub.add_parser("index", help="the repository index (needs the deploy token)")
-    p = sub.add_parser("swap", help="serve VERSION of MODEL instead of the current one")
+    p.set_defaults(handler=cmd_stop)
+    p = group.add_parser("status", help="pid, health, memory, models (exit 3 when not running)")
+    p.set_defaults(handler=cmd_status)
+    p = group.add_parser("index", help="the repository index (needs the deploy token)")
+    p.set_defaults(handler=cmd_index)
+    p = group.add_parser("swap", help="serve VERSION of MODEL instead of the current one")
     p.add_argument("model")
     p.add_argument("version", type=int)
-    p = sub.add_parser("unload", help="unload every version of MODEL")
+    p.set_defaults(handler=cmd_swap)
+    p = group.add_parser("unload", help="unload every version of MODEL")
     p.add_argument("model")
-    args = parser.parse_args(argv)
-
-    from gymops.settings import ensure_tokens
-
-    try:
-        ss = ensure_tokens(load_settings()).serving
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
-    handler = {"setup": cmd_setup, "start": cmd_start, "stop": cmd_stop, "status": cmd_status,
-               "index": cmd_index, "swap": cmd_swap, "unload": cmd_unload}[args.command]
-    try:
-        return handler(ss, args)
-    except Exception as exc:  # noqa: BLE001 -- one line for the operator, not a traceback
-        print(f"{args.command} failed: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    p.set_defaults(handler=cmd_unload)
