@@ -1,4 +1,5 @@
-"""gymops.deploy.deployer against a real Triton server and a real registry (SQLite, transactional outbox).
+"""gymops.deploy (the Deployer: steps, rollback, reconcile) against a real Triton server and a real
+registry (SQLite, transactional outbox).
 
 Every test gets its own model repository, registry database and tritonserver on free loopback
 ports (the server starts in well under a second). The models are tiny ONNX graphs with the laundry
@@ -25,6 +26,7 @@ from conftest import IN_CI, free_port
 from gymops.settings import DEPLOY_HEADER, PROJECT_ROOT
 from gymops.db import _engine, metadata
 from gymops.deploy.deployer import STEPS, CandidateRejected, DeployFailed, Deployer
+from gymops.deploy.steps import Step, StepFailed, run_steps
 from gymops.lifecycle.outbox import (MODEL_DEPLOYED, MODEL_ROLLED_BACK, MODEL_VERIFICATION_FAILED, Outbox,
                            outbox as outbox_table)
 from gymops.lifecycle.registry import ModelRegistry
@@ -439,3 +441,85 @@ def test_recovery_after_sigkill_at_every_step(env):
         assert report.reused_folder
         env.assert_clean()
     print(f"\nreconcile after restart: {min(timings):.2f}-{max(timings):.2f} s over {len(timings)} crashes")
+
+
+def test_rollback_runs_the_preprocessing_the_version_was_verified_with(env, tmp_path, monkeypatch):
+    """A version folder holds its own preprocess.py. v1 is deployed and its answers recorded; then the
+    checkout's preprocessing changes (other normalisation constants) and v2 is deployed with it (the
+    golden check compares against the changed offline answers, so it passes); rolled back, v1 answers
+    bit for bit as when it was verified, although today's preprocessing would change its answers."""
+    import importlib.util
+
+    import onnxruntime as ort
+
+    from gymops.ml import preprocess as shared
+    from gymops.serving import control
+
+    def answers():
+        with LaundryClient(env.server.grpc_url, retries=0) as client:
+            verdicts = client.classify_batch(GOLDEN)
+        return {v.model_version for v in verdicts}, np.array([v.probabilities for v in verdicts], dtype=np.float32)
+
+    v1, v2 = env.candidate(1), env.candidate(2)
+    env.deployer.deploy("laundry", v1.version, GOLDEN)
+    versions, verified = answers()
+    assert versions == {v1.version}
+    folder1 = env.repo / MODEL / str(v1.triton_version)
+    assert (folder1 / "preprocess.py").read_bytes() == Path(shared.__file__).read_bytes()
+
+    source = Path(shared.__file__).read_text()
+    old_mean = "MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)"
+    assert old_mean in source
+    changed = tmp_path / "preprocess.py"
+    changed.write_text(source.replace(old_mean, "MEAN = np.array([0.2, 0.7, 0.1], dtype=np.float32)"))
+    spec = importlib.util.spec_from_file_location("changed_preprocess", changed)
+    today = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(today)
+    monkeypatch.setattr(control, "PREPROCESS_SOURCE", changed)  # what write_version copies
+    monkeypatch.setattr(shared, "preprocess", today.preprocess)  # what the golden check computes with
+
+    report = env.deployer.deploy("laundry", v2.version, GOLDEN)
+    assert report.golden["staging"]["max_abs_diff"] <= 1e-4
+    assert (env.repo / MODEL / str(v2.triton_version) / "preprocess.py").read_text() == changed.read_text()
+    assert answers()[0] == {v2.version}
+
+    back = env.deployer.rollback("laundry", reason="preprocessing changed")
+    assert back.to_version == v1.version
+    versions, again = answers()
+    assert versions == {v1.version}
+    assert np.array_equal(again, verified), np.abs(again - verified).max()
+    # the test has teeth: v1's weights on today's preprocessing answer differently
+    session = ort.InferenceSession(str(env.models[1]), providers=["CPUExecutionProvider"])
+    with_today = session.run(["probabilities"], {"image": np.stack([today.preprocess(p) for p in GOLDEN])})[0]
+    assert np.abs(with_today - verified).max() > 1e-3
+    env.assert_clean()
+
+
+def test_run_steps_undoes_completed_steps_in_reverse():
+    log = []
+
+    def fail():
+        raise RuntimeError("boom")
+
+    def broken_undo():
+        raise OSError("undo failed")
+
+    steps = [Step("a", lambda: log.append("a"), undo=lambda: log.append("undo a")),
+             Step("b", lambda: log.append("b")),
+             Step("c", lambda: log.append("c"), undo=broken_undo),
+             Step("d", fail, undo=lambda: log.append("undo d"), undo_if_failed=True),
+             Step("e", lambda: log.append("e"), undo=lambda: log.append("undo e"))]
+    timings, warnings, seen = {}, [], []
+    with pytest.raises(StepFailed) as info:
+        run_steps(steps, timings, lambda name, seconds: seen.append(name), warnings)
+    assert info.value.step == "d" and isinstance(info.value.cause, RuntimeError)
+    assert log == ["a", "b", "c", "undo d", "undo a"]
+    assert seen == list(timings) == ["a", "b", "c"]
+    assert warnings == ["undo of c: OSError: undo failed"]
+
+    # a BaseException (the process dying) undoes nothing: reconcile recovers
+    log.clear()
+    with pytest.raises(Crash):
+        run_steps([Step("a", lambda: log.append("a"), undo=lambda: log.append("undo a")),
+                   Step("b", lambda: (_ for _ in ()).throw(Crash("b")))], {})
+    assert log == ["a"]

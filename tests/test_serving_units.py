@@ -53,11 +53,14 @@ def test_write_version_is_atomic_and_immutable(repo, tmp_path):
     onnx.write_bytes(b"not really onnx, the writer does not care")
     final = control.write_version(repo, "laundry", 1, onnx, {"version": "1.0.0", "accuracy": 0.93})
     assert final == repo / "laundry" / "1"
-    assert sorted(p.name for p in final.iterdir()) == ["metadata.json", "model.onnx", "model.py"]
+    assert sorted(p.name for p in final.iterdir()) == ["metadata.json", "model.onnx", "model.py", "preprocess.py"]
     meta = json.loads((final / "metadata.json").read_text())
     assert meta["version"] == "1.0.0" and meta["triton_version"] == 1 and meta["accuracy"] == 0.93
     assert meta["labels"] == ["good", "defective"] and len(meta["onnx_sha256"]) == 64
     assert (final / "model.py").read_bytes() == (TEMPLATE / "model.py").read_bytes()
+    # the version's own copy of THE preprocessing: the folder holds everything the version runs
+    assert (final / "preprocess.py").read_bytes() == (PROJECT_ROOT / "gymops" / "ml" / "preprocess.py").read_bytes()
+    assert set(meta["code_files"]) == {"model.py", "preprocess.py"}
     with pytest.raises(control.VersionExists):
         control.write_version(repo, "laundry", 1, onnx, {"version": "1.0.1"})
     with pytest.raises(ValueError, match="semver"):
@@ -79,7 +82,7 @@ def test_write_version_failure_leaves_nothing(repo, tmp_path, monkeypatch):
     def broken_fsync(path):
         raise OSError("disk full")
 
-    monkeypatch.setattr(control, "_fsync", broken_fsync)
+    monkeypatch.setattr(control, "fsync_path", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
         control.write_version(repo, "laundry", 1, onnx, {"version": "1.0.0"})
     assert sorted(p.name for p in (repo / "laundry").iterdir()) == ["config.pbtxt", "model.py"]
@@ -93,7 +96,7 @@ def test_template_and_pinned_config(repo):
     assert base["dynamic_batching"]["preferred_batch_size"] == [4, 8]
     pinned = control.pinned_config(base, "laundry", 7, {"intra_op_threads": 1})
     assert pinned["version_policy"] == {"specific": {"versions": [7]}}
-    assert pinned["parameters"]["project_root"]["string_value"] == str(PROJECT_ROOT)
+    assert "project_root" not in pinned["parameters"]  # a version folder needs nothing from the checkout
     assert pinned["parameters"]["intra_op_threads"]["string_value"] == "1"
     assert "specific" not in json.dumps(base["version_policy"])  # the template itself is not modified
 

@@ -336,41 +336,60 @@ class ModelRegistry:
                     model_type, new.version, new.triton_version, new.previous_version, now, deploy_seconds), conn=tx)
             return new
 
+    def rollback_target(self, model_type: str, to_version: str | None = None,
+                        conn: sa.Connection | None = None) -> tuple[ModelVersion, ModelVersion]:
+        """(the active version, the version a rollback would serve instead): THE choice, used by
+        ``rollback`` and by the deployer (which restores the target's folder before calling it).
+
+        ``to_version``, or by default the version the active one replaced if that is retired, else
+        the newest retired one. Only a retired version (one that served before) can be a target:
+        RegistryError otherwise, IllegalTransition for a status that can never become active."""
+        if conn is None:
+            with self.engine.connect() as own:
+                return self._rollback_target(own, model_type, to_version)
+        return self._rollback_target(conn, model_type, to_version)
+
+    def _rollback_target(self, conn, model_type: str, to_version: str | None) -> tuple[ModelVersion, ModelVersion]:
+        current = self._active(conn, model_type)
+        if current is None:
+            raise RegistryError(f"{model_type}: no active version to roll back")
+        if to_version is None:
+            prev = self._load(conn, model_type, current.previous_version) if current.previous_version else None
+            if prev is not None and prev.status == RETIRED:
+                return current, prev
+            row = conn.execute(sa.select(model_versions).where(
+                model_versions.c.model_type == model_type, model_versions.c.status == RETIRED)
+                .order_by(model_versions.c.triton_version.desc()).limit(1)).first()
+            if row is None:
+                raise RegistryError(f"{model_type}: no retired version to roll back to from {current.version}")
+            return current, _row(row)
+        target = self._load(conn, model_type, to_version)
+        if target.version == current.version:
+            raise RegistryError(f"{model_type}: cannot roll back {current.version} to itself")
+        if ACTIVE not in TRANSITIONS[target.status]:
+            raise IllegalTransition(model_type, to_version, target.status, ACTIVE)
+        if target.status != RETIRED:
+            raise RegistryError(f"{model_type} {to_version} is {target.status}; only a retired version can be "
+                                "rolled back to")
+        return current, target
+
     def rollback(self, model_type: str, to_version: str | None = None, reason: str = "rollback",
-                 seconds: float | None = None, conn: sa.Connection | None = None) -> ModelVersion:
-        """The active version becomes rolled_back and ``to_version`` (default: the version it
-        replaced if that is retired, else the newest retired one) active again, in one transaction,
-        with a ModelRolledBackEvent when an outbox is configured. Returns the newly active version."""
+                 seconds: float | None = None, conn: sa.Connection | None = None,
+                 event_id: str | None = None) -> ModelVersion:
+        """The active version becomes rolled_back and the ``rollback_target`` active again, in one
+        transaction, with a ModelRolledBackEvent (its eventId ``event_id`` when given, so the caller
+        can amend the pending event later) when an outbox is configured. Returns the newly active
+        version."""
         with self._tx(model_type, conn) as tx:
-            current = self._active(tx, model_type)
-            if current is None:
-                raise RegistryError(f"{model_type}: no active version to roll back")
-            if to_version is None:
-                prev = (self._load(tx, model_type, current.previous_version)
-                        if current.previous_version else None)
-                if prev is not None and prev.status == RETIRED:
-                    target = prev
-                else:
-                    row = tx.execute(sa.select(model_versions).where(
-                        model_versions.c.model_type == model_type, model_versions.c.status == RETIRED)
-                        .order_by(model_versions.c.triton_version.desc()).limit(1)).first()
-                    if row is None:
-                        raise RegistryError(f"{model_type}: no retired version to roll back to from {current.version}")
-                    target = _row(row)
-            else:
-                target = self._load(tx, model_type, to_version)
-                if target.version == current.version:
-                    raise RegistryError(f"{model_type}: cannot roll back {current.version} to itself")
-                if ACTIVE not in TRANSITIONS[target.status]:
-                    raise IllegalTransition(model_type, to_version, target.status, ACTIVE)
+            current, target = self._rollback_target(tx, model_type, to_version)
             self._update(tx, current, ROLLED_BACK, reason)
             new = self._update(tx, target, ACTIVE, f"rollback from {current.version}: {reason}",
                                deployed_at=datetime.now(timezone.utc), previous_version=current.version)
             if self.outbox is not None:
                 from gymops.lifecycle.outbox import model_rolled_back
 
-                self.outbox.record_event(model_rolled_back(model_type, current.version, new.version, reason, seconds),
-                                         conn=tx)
+                self.outbox.record_event(model_rolled_back(model_type, current.version, new.version, reason, seconds,
+                                                           event_id=event_id), conn=tx)
             return new
 
     def reject(self, model_type: str, version: str, reasons: list[dict], run_id: str | None = None,

@@ -39,12 +39,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from gymops.settings import DEPLOY_HEADER, PROJECT_ROOT
-from gymops.settings import ServingSettings
+from gymops.fsutil import fsync_path
+from gymops.settings import DEPLOY_HEADER, ServingSettings
 
 GRPC_RESTRICTED_PREFIX = "triton-grpc-protocol-"  # what Triton expects before the header key on gRPC
 SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
-ONNX_FILE, METADATA_FILE, CODE_FILE = "model.onnx", "metadata.json", "model.py"
+ONNX_FILE, METADATA_FILE, CODE_FILE, PREPROCESS_FILE = "model.onnx", "metadata.json", "model.py", "preprocess.py"
+# THE preprocessing (shared with training), copied into every version folder by write_version. A path,
+# not an import: reading the source must not import numpy and PIL into every user of this module.
+PREPROCESS_SOURCE = Path(__file__).resolve().parents[1] / "ml" / "preprocess.py"
 
 
 class ControlError(RuntimeError):
@@ -87,14 +90,6 @@ def read_metadata(repository: Path, model: str, version: int) -> dict:
     return json.loads((version_dir(repository, model, version) / METADATA_FILE).read_text())
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -104,13 +99,21 @@ def sha256_file(path: Path) -> str:
 
 
 def write_version(repository: Path, model: str, version: int, onnx_path: Path, meta: dict,
-                  code: Path | None = None) -> Path:
-    """Write <repository>/<model>/<version>/ atomically: model.onnx, metadata.json and a snapshot of
-    the model's model.py, assembled in a dot-named temporary folder beside it, fsynced, then renamed
-    into place. A version folder is immutable: an existing one raises VersionExists.
+                  code: Path | None = None, preprocessing: Path | None = None) -> Path:
+    """Write <repository>/<model>/<version>/ atomically: model.onnx, metadata.json and snapshots of
+    the model's model.py (`code`, default the model's template beside config.pbtxt) and of the
+    preprocessing module (`preprocessing`, default gymops/ml/preprocess.py, as preprocess.py),
+    assembled in a dot-named temporary folder beside it, fsynced, then renamed into place. A version
+    folder is immutable: an existing one raises VersionExists.
+
+    Why the preprocessing is copied: a version folder must hold everything that version runs. With
+    model.py importing gymops.ml.preprocess from the live checkout, a rollback would run today's
+    preprocessing with yesterday's weights, answering differently from what the version was verified
+    with; model.py loads the preprocess.py of its own folder instead.
 
     meta must carry "version" (the semver the server reports as model_version); labels default to
-    ["good", "defective"], image_size to 224. The ONNX file's sha256 and the time are added.
+    ["good", "defective"], image_size to 224. The ONNX file's sha256, the sha256 of each code file
+    (``code_files``, checked by the deployer's folder_problems) and the time are added.
     """
     version = int(version)
     if version < 1:
@@ -125,6 +128,9 @@ def write_version(repository: Path, model: str, version: int, onnx_path: Path, m
     code = Path(code) if code else model_dir / CODE_FILE
     if not code.is_file():
         raise FileNotFoundError(f"{code} does not exist (the model's Python backend code)")
+    preprocessing = Path(preprocessing) if preprocessing else PREPROCESS_SOURCE
+    if not preprocessing.is_file():
+        raise FileNotFoundError(f"{preprocessing} does not exist (the model's preprocessing)")
     final = model_dir / str(version)
     if final.exists():
         raise VersionExists(f"{final} already exists; version folders are never rewritten")
@@ -134,20 +140,22 @@ def write_version(repository: Path, model: str, version: int, onnx_path: Path, m
     try:
         shutil.copyfile(onnx_path, tmp / ONNX_FILE)
         shutil.copyfile(code, tmp / CODE_FILE)
+        shutil.copyfile(preprocessing, tmp / PREPROCESS_FILE)
         full = {"labels": ["good", "defective"], "image_size": 224, **meta, "version": semver,
                 "triton_version": version, "onnx_file": ONNX_FILE, "onnx_sha256": sha256_file(tmp / ONNX_FILE),
+                "code_files": {name: sha256_file(tmp / name) for name in (CODE_FILE, PREPROCESS_FILE)},
                 "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         (tmp / METADATA_FILE).write_text(json.dumps(full, indent=2, sort_keys=True, default=str) + "\n")
-        for name in (ONNX_FILE, CODE_FILE, METADATA_FILE):
-            _fsync(tmp / name)
-        _fsync(tmp)
+        for name in (ONNX_FILE, CODE_FILE, PREPROCESS_FILE, METADATA_FILE):
+            fsync_path(tmp / name)
+        fsync_path(tmp)
         try:
             os.rename(tmp, final)  # fails if another writer got there first (non-empty target)
         except OSError as exc:
             if final.exists():
                 raise VersionExists(f"{final} already exists; version folders are never rewritten") from exc
             raise
-        _fsync(model_dir)
+        fsync_path(model_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -168,13 +176,11 @@ def template_config(repository: Path, model: str) -> dict:
 
 
 def pinned_config(base: dict, model: str, version: int, parameters: dict[str, str] | None = None) -> dict:
-    """A copy of `base` serving exactly `version`, with project_root filled in when it is empty."""
+    """A copy of `base` serving exactly `version`, with `parameters` set as string parameters."""
     config = deepcopy(base)
     config["name"] = model
     config["version_policy"] = {"specific": {"versions": [int(version)]}}
     params = config.setdefault("parameters", {})
-    if not params.get("project_root", {}).get("string_value"):
-        params["project_root"] = {"string_value": str(PROJECT_ROOT)}
     for key, value in (parameters or {}).items():
         params[key] = {"string_value": str(value)}
     return config

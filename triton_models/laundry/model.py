@@ -3,24 +3,34 @@
 Per request: "photo" (TYPE_STRING [1], JPEG/PNG bytes) -> "label" ("good"/"defective"),
 "probabilities" (FP32 [2], order good, defective) and "model_version" (the semver in this version
 folder's metadata.json). Triton's dynamic batcher hands several requests to one execute() call;
-every photo is decoded and preprocessed with THE shared function gymops.ml.preprocess.preprocess
-(the same code the training data went through) and the whole batch runs in one onnxruntime call.
-A photo that cannot be decoded fails its own request (INVALID_ARG) and nothing else.
+every photo is decoded and preprocessed with THE shared preprocessing (gymops/ml/preprocess.py, the
+code the training data went through, as copied into this version folder) and the whole batch runs in
+one onnxruntime call. A photo that cannot be decoded fails its own request (INVALID_ARG) and nothing
+else.
 
-Version folder (written atomically by gymops.serving.control.write_version):
+Version folder (written atomically by gymops.serving.control.write_version), everything the version
+runs, nothing taken from the project checkout:
     <N>/model.onnx      input "image" float32 (B, 3, 224, 224), output "probabilities" (B, 2) softmax
     <N>/metadata.json   {"version": "1.2.0", "labels": ["good", "defective"], "image_size": 224, ...}
-    <N>/model.py        this file, snapshotted when the version was written, so a version always
-                        runs the code it was verified with (rollback restores both)
+    <N>/model.py        this file, snapshotted when the version was written
+    <N>/preprocess.py   gymops/ml/preprocess.py, snapshotted when the version was written
+so a version always runs the code it was verified with: a rollback serves yesterday's weights with
+yesterday's preprocessing, bit for bit (tests/test_deploy.py checks it).
 
-Config parameters (string values): intra_op_threads, inter_op_threads, allow_spinning ("0"/"1"),
-project_root (the directory holding the gymops package; falls back to the repository's parent).
+The preprocessing is loaded from its file under a name unique to this version folder and instance,
+and never registered in sys.modules or found through sys.path: two versions loaded at once (each
+instance is its own stub process, but nothing here relies on that) can never pick up each other's,
+nor the checkout's gymops package that the server's PYTHONPATH may also hold.
+
+Config parameters (string values): intra_op_threads, inter_op_threads, allow_spinning ("0"/"1").
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
+import uuid
 from pathlib import Path
 
 # The stub's embedded interpreter ignores PYTHONPATH; apply it by hand BEFORE numpy is imported: the
@@ -41,16 +51,17 @@ def _param(config: dict, key: str, default: str) -> str:
     return value if value != "" else default
 
 
-def _find_project_root(config: dict, version_dir: Path) -> str | None:
-    explicit = _param(config, "project_root", "")
-    candidates = [explicit] if explicit else []
-    parents = version_dir.resolve().parents  # <root>/triton_models/laundry/<N>: repository in the project
-    if len(parents) > 2:
-        candidates.append(str(parents[2]))
-    for candidate in candidates:
-        if (Path(candidate) / "gymops" / "__init__.py").exists():
-            return candidate
-    return explicit or None
+def _load_preprocess(version_dir: Path):
+    """The preprocess.py of this version folder as a private module object (see the docstring)."""
+    path = version_dir / "preprocess.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: a version folder must hold its preprocessing "
+                                "(write it with gymops.serving.control.write_version)")
+    name = f"_laundry_v{version_dir.name}_preprocess_{uuid.uuid4().hex[:8]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _invalid(message: str) -> "pb_utils.InferenceResponse":
@@ -65,15 +76,10 @@ class TritonPythonModel:
             # The stub of Triton 2.51 predates numpy 2: under it every input tensor silently arrives
             # as its first element repeated. gymops.serving puts numpy 1.x first on the stubs' path.
             raise RuntimeError(f"numpy {np.__version__} in the Python backend stub corrupts tensors; "
-                               "start the server with gymops.serving (python -m gymops.serving setup)")
+                               "start the server with gymops.serving (gymops serving setup)")
         config = json.loads(args["model_config"])
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        root = _find_project_root(config, version_dir)
-        if root and root not in sys.path:
-            sys.path.insert(0, root)
-        from gymops.ml.preprocess import preprocess  # THE shared preprocessing; never a copy
-
-        self._preprocess = preprocess
+        self._preprocess = _load_preprocess(version_dir).preprocess
         meta = json.loads((version_dir / "metadata.json").read_text())
         self.model_version = str(meta["version"])
         self.labels = tuple(meta.get("labels", DEFAULT_LABELS))
