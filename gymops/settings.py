@@ -118,6 +118,12 @@ class Settings:
     ingest_token: str = field(default="", repr=False)  # "": $home/ingest.token (ensure_tokens)
     batch_size: int = 500
     batch_wait_ms: int = 200
+    # Ingestion limits (gymops/ingest): one event's size and JSON nesting, checked before decoding;
+    # an HTTP body's size; deliveries of a RabbitMQ message before it is parked (x-delivery-limit).
+    event_max_bytes: int = 64 * 1024
+    event_max_depth: int = 8
+    ingest_max_body_bytes: int = 10 * 1024 * 1024
+    rabbitmq_delivery_limit: int = 5
     feast_project: str = "gymops"
     gates: GateSettings = GateSettings()
     retrain: RetrainSettings = RetrainSettings()
@@ -303,6 +309,8 @@ _BOUNDS = {
     "GYMOPS_PG_PORT": (1, 65535), "GYMOPS_INGEST_PORT": (1, 65535), "GYMOPS_TRITON_HTTP_PORT": (1, 65535),
     "GYMOPS_TRITON_GRPC_PORT": (1, 65535), "GYMOPS_TRITON_METRICS_PORT": (1, 65535),
     "GYMOPS_BATCH_SIZE": (1, 1_000_000), "GYMOPS_BATCH_WAIT_MS": (0, 3_600_000),
+    "GYMOPS_EVENT_MAX_BYTES": (1024, 16 * 1024 * 1024), "GYMOPS_EVENT_MAX_DEPTH": (2, 64),
+    "GYMOPS_INGEST_MAX_BODY_BYTES": (1024, 256 * 1024 * 1024), "GYMOPS_RABBITMQ_DELIVERY_LIMIT": (1, 1000),
 }
 
 

@@ -1,9 +1,39 @@
-"""RabbitMQ: the durable events queue, a confirming publisher and the replicator's consumer.
+"""RabbitMQ: the events exchange and queue, a confirming publisher and the replicator's consumer.
 
-Messages are persistent on a durable queue. The consumer acknowledges a batch only after
-``Replicator.ingest`` returned for it (events in both Feast stores or in the dead-letter store), so
-a consumer killed mid-batch, or a broker restart, leaves the unacknowledged messages to be
-redelivered; the eventId de-duplication makes the redelivery harmless.
+Topology (declared by this module, by publishers and consumers alike):
+
+- ``<queue>``: a durable fanout exchange; producers publish to it.
+- ``<queue>``: the replicator's queue, a *quorum* queue bound to that exchange, with
+  ``x-delivery-limit`` (GYMOPS_RABBITMQ_DELIVERY_LIMIT) and a dead-letter exchange. Quorum queues
+  count the deliveries of each message (header ``x-delivery-count``) and dead-letter a message
+  returned more often than the limit, which is RabbitMQ's own poison-message handling
+  (https://www.rabbitmq.com/docs/quorum-queues#poison-message-handling). Dead-lettering is
+  ``at-least-once`` (RabbitMQ 3.10+, which needs ``x-overflow: reject-publish``): the default
+  at-most-once strategy may lose a dead-lettered message
+  (https://www.rabbitmq.com/blog/2022/03/29/at-least-once-dead-lettering).
+- ``<queue>.dlx`` (fanout) and ``<queue>.parked`` (quorum): where the broker parks what hit the
+  limit. The consumer drains it too: each parked message is tried once more on its own and is then
+  stored or written to the dead-letter store with its reason and delivery count (source
+  ``amqp-parked``), so nothing stays parked unseen.
+
+A queue declared by an older version (a classic durable queue without these arguments) is
+migrated on the first declare: RabbitMQ refuses to redeclare a queue with other arguments
+(PRECONDITION_FAILED), so ``migrate`` moves its messages, with publisher confirms, through
+``<queue>.migrating`` into the new quorum queue of the same name. No message is lost: each is
+acknowledged on the old queue only after the new one confirmed it (a crash in between gives a
+duplicate, which eventId de-duplication absorbs), and new publishes are routed to the new queue
+before the old one is unbound. A queue still consumed by an old consumer is not deleted (that would
+drop its unacknowledged messages): stop the old consumers first.
+
+The consumer acknowledges a message only after ``Replicator.ingest`` returned for it (stored, a
+duplicate or in the dead-letter store). Validation cannot fail a batch any more; if a batch still
+raises, the consumer asks whether the stores answer: if not (an outage) it keeps the batch and
+retries it with backoff (no redelivery, no delivery counted); if they do, a poison message is in
+the batch, which is split in halves until the failing messages are alone. The others are stored
+and acknowledged; each failing one is returned to the queue (its delivery count grows) or, at the
+limit, written to the dead-letter store with the error. A consumer killed mid-batch leaves the
+unacknowledged messages to be redelivered; the eventId de-duplication makes that harmless, and the
+dead-letter store keeps one row per message.
 """
 from __future__ import annotations
 
@@ -14,9 +44,12 @@ import time
 from typing import Iterable
 
 import pika
-from pika.exceptions import AMQPError
+from pika.exceptions import AMQPChannelError, AMQPConnectionError, AMQPError, ChannelClosedByBroker
 
 log = logging.getLogger(__name__)
+
+PRECONDITION_FAILED, RESOURCE_LOCKED, NOT_FOUND = 406, 405, 404
+
 
 def parameters(settings) -> pika.URLParameters:
     params = pika.URLParameters(settings.rabbitmq_url)
@@ -27,13 +60,127 @@ def parameters(settings) -> pika.URLParameters:
     return params
 
 
-def declare(channel, queue: str) -> None:
-    """A durable fanout exchange and the replicator's durable queue, both named ``queue``.
+def parked_queue(queue: str) -> str:
+    return f"{queue}.parked"
 
-    Producers publish to the exchange, so other consumers can bind queues of their own to it."""
+
+def queue_arguments(settings) -> dict:
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": int(getattr(settings, "rabbitmq_delivery_limit", 5)),
+        "x-dead-letter-exchange": f"{settings.rabbitmq_queue}.dlx",
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def declare(connection, settings):
+    """Declare the whole topology (migrating an older queue) and return an open channel."""
+    queue = settings.rabbitmq_queue
+    channel = connection.channel()
     channel.exchange_declare(queue, exchange_type="fanout", durable=True)
-    channel.queue_declare(queue, durable=True)
+    channel.exchange_declare(f"{queue}.dlx", exchange_type="fanout", durable=True)
+    channel.queue_declare(parked_queue(queue), durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_bind(parked_queue(queue), f"{queue}.dlx")
+    try:
+        channel.queue_declare(queue, durable=True, arguments=queue_arguments(settings))
+    except ChannelClosedByBroker as exc:
+        if exc.reply_code != PRECONDITION_FAILED:
+            raise
+        log.warning("queue %s exists with other arguments (%s): migrating it", queue, exc.reply_text)
+        migrate(connection, settings)
+        channel = connection.channel()
+        channel.queue_declare(queue, durable=True, arguments=queue_arguments(settings))
     channel.queue_bind(queue, queue)
+    _finish_migration(connection, settings)
+    return channel
+
+
+def _exists(connection, queue: str) -> bool:
+    channel = connection.channel()
+    try:
+        channel.queue_declare(queue, passive=True)
+    except ChannelClosedByBroker as exc:
+        if exc.reply_code == NOT_FOUND:
+            return False
+        raise
+    channel.close()
+    return True
+
+
+def _move(channel, source: str, target: str) -> int:
+    """Move every ready message of ``source`` to ``target``: ack on the source after the confirm."""
+    moved = 0
+    while True:
+        method, props, body = channel.basic_get(source, auto_ack=False)
+        if method is None:
+            return moved
+        channel.basic_publish("", target, body, props, mandatory=True)  # confirmed: raises if not routed
+        channel.basic_ack(method.delivery_tag)
+        moved += 1
+
+
+def migrate(connection, settings) -> int:
+    """Move the queue ``settings.rabbitmq_queue`` (declared with other arguments) into a quorum
+    queue of the same name with this version's arguments. Returns the messages moved. One
+    migration at a time: an exclusive lock queue makes a second migrator wait."""
+    queue, temp = settings.rabbitmq_queue, f"{settings.rabbitmq_queue}.migrating"
+    args = queue_arguments(settings)
+    deadline = time.monotonic() + 120
+    while True:
+        lock = connection.channel()
+        try:
+            lock.queue_declare(f"{queue}.migration-lock", exclusive=True, auto_delete=True)
+            break
+        except ChannelClosedByBroker as exc:
+            if exc.reply_code != RESOURCE_LOCKED or time.monotonic() > deadline:
+                raise
+            connection.sleep(0.5)
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.queue_declare(temp, durable=True, arguments=args)
+        channel.queue_bind(temp, queue)      # new events land in the new queue ...
+        moved = 0
+        try:
+            channel.queue_unbind(queue, queue)   # ... and no longer in the old one
+            moved = _move(channel, queue, temp)
+            channel.queue_delete(queue, if_unused=True, if_empty=True)
+        except ChannelClosedByBroker as exc:
+            if exc.reply_code != NOT_FOUND:  # gone already: an earlier migration got this far
+                raise RuntimeError(f"cannot migrate queue {queue}: {exc.reply_text} (stop the consumers of "
+                                   "the old version first; nothing was lost)") from exc
+            channel = connection.channel()
+            channel.confirm_delivery()
+        channel.queue_declare(queue, durable=True, arguments=args)
+        channel.queue_bind(queue, queue)
+        log.info("queue %s migrated to a quorum queue (%d messages moved)", queue, moved)
+        return moved + _finish_migration(connection, settings)
+    finally:
+        if lock.is_open:
+            lock.close()
+
+
+def _finish_migration(connection, settings) -> int:
+    """Drain ``<queue>.migrating`` (left by a migration, finished or interrupted) into the queue."""
+    queue, temp = settings.rabbitmq_queue, f"{settings.rabbitmq_queue}.migrating"
+    if not _exists(connection, temp):
+        return 0
+    moved = 0
+    channel = connection.channel()
+    try:
+        channel.confirm_delivery()
+        channel.queue_unbind(temp, queue)
+        moved = _move(channel, temp, queue)
+        # Quorum queues refuse if-empty/if-unused deletes (RabbitMQ 3.10): it is unbound, so nothing
+        # new arrives; delete it only when it is seen empty.
+        if channel.queue_declare(temp, passive=True).method.message_count == 0:
+            channel.queue_delete(temp)
+        channel.close()
+    except ChannelClosedByBroker as exc:  # another process finished it first
+        if exc.reply_code != NOT_FOUND:
+            raise
+    return moved
 
 
 class Publisher:
@@ -51,13 +198,12 @@ class Publisher:
 
     def _connect(self):
         self._conn = pika.BlockingConnection(parameters(self.settings))
-        self._channel = self._conn.channel()
-        declare(self._channel, self.settings.rabbitmq_queue)
+        self._channel = declare(self._conn, self.settings)
         self._channel.confirm_delivery()
 
     def publish(self, body: bytes | str, message_id: str | None = None) -> None:
         if isinstance(body, str):
-            body = body.encode("utf-8")
+            body = body.encode("utf-8", "surrogatepass")
         props = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json",
                                      message_id=message_id)
         deadline = time.monotonic() + self.retry_for_s
@@ -92,8 +238,14 @@ class Publisher:
         self._conn = self._channel = None
 
 
+def delivery_count(props) -> int:
+    """Earlier deliveries of this message (quorum queues set ``x-delivery-count`` on redelivery)."""
+    value = (getattr(props, "headers", None) or {}).get("x-delivery-count", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 class Consumer:
-    """Consumes the events queue in batches: ingest, then one multiple-ack for the batch."""
+    """Consumes the events queue (and its parking queue) in batches: ingest, then acknowledge."""
 
     def __init__(self, settings, replicator, on_batch=None):
         self.settings = settings
@@ -101,9 +253,11 @@ class Consumer:
         self.on_batch = on_batch
         self.batch_size = settings.batch_size
         self.wait_s = settings.batch_wait_ms / 1000
+        self.limit = int(getattr(settings, "rabbitmq_delivery_limit", 5))
         self.stopping = threading.Event()
         self.batches = 0
         self.reconnects = 0
+        self.poisoned = 0
 
     def stop(self, *_):
         self.stopping.set()
@@ -119,48 +273,129 @@ class Consumer:
             try:
                 self._consume()
                 delay = 0.5
-            except (AMQPError, OSError) as exc:
+            except (AMQPConnectionError, OSError) as exc:
                 if self.stopping.is_set():
                     break
                 self.reconnects += 1
                 log.warning("RabbitMQ connection lost (%r); unacknowledged events will be redelivered; "
                             "reconnecting in %.1f s", exc, delay)
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 10.0)
+            except AMQPChannelError as exc:
+                self.reconnects += 1
+                log.error("RabbitMQ refused an operation (%r); unacknowledged events will be redelivered; "
+                          "reconnecting in %.1f s", exc, delay)
+            except Exception:  # noqa: BLE001 - a real error, logged as one, then a fresh start
+                self.reconnects += 1
+                log.exception("consumer failed; unacknowledged events will be redelivered; restarting in %.1f s", delay)
+            self.stopping.wait(delay)
+            delay = min(delay * 2, 10.0)
 
     def _consume(self) -> None:
         conn = pika.BlockingConnection(parameters(self.settings))
         try:
-            channel = conn.channel()
-            declare(channel, self.settings.rabbitmq_queue)
+            channel = declare(conn, self.settings)
             channel.basic_qos(prefetch_count=self.batch_size * 2)
-            log.info("consuming %s", self.settings.rabbitmq_queue)
-            pending: list[tuple[int, bytes]] = []
+            pending: list[tuple[int, object, bytes]] = []
+            parked: list[tuple[int, object, bytes]] = []
+            queue = self.settings.rabbitmq_queue
+            channel.basic_consume(queue, lambda _ch, m, p, b: pending.append((m.delivery_tag, p, b)))
+            channel.basic_consume(parked_queue(queue), lambda _ch, m, p, b: parked.append((m.delivery_tag, p, b)))
+            log.info("consuming %s", queue)
             deadline = 0.0
             tick = max(min(self.wait_s, 0.5), 0.01)
-            for method, _props, body in channel.consume(self.settings.rabbitmq_queue, inactivity_timeout=tick):
-                if method is not None:
-                    if not pending:
-                        deadline = time.monotonic() + self.wait_s
-                    pending.append((method.delivery_tag, body))
+            while True:
+                had = len(pending)
+                conn.process_data_events(time_limit=tick if not pending else min(tick, max(0.0, deadline - time.monotonic())))
+                if pending and not had:
+                    deadline = time.monotonic() + self.wait_s
                 if pending and (len(pending) >= self.batch_size or time.monotonic() >= deadline):
-                    self._flush(channel, pending)
-                    pending = []
+                    batch, pending[:] = list(pending), []
+                    self._flush(conn, channel, batch)
+                if parked:
+                    batch, parked[:] = list(parked), []
+                    self._flush_parked(conn, channel, batch)
                 if self.stopping.is_set() and not pending:
                     break
-            channel.cancel()
         finally:
             if conn.is_open:
                 conn.close()
 
-    def _flush(self, channel, pending: list[tuple[int, bytes]]) -> None:
-        try:
-            report = self.replicator.ingest([body for _, body in pending], "amqp")
-        except Exception as exc:
-            # Not acknowledged: drop the connection so the broker requeues the batch, then retry.
-            log.exception("ingest failed for %d events; they stay on the queue", len(pending))
-            raise OSError(f"ingest failed: {exc!r}") from exc
-        channel.basic_ack(pending[-1][0], multiple=True)
-        self.batches += 1
-        if self.on_batch:
-            self.on_batch(report)
+    # -- the main queue -----------------------------------------------------------------------------
+    def _flush(self, conn, channel, pending: list[tuple[int, object, bytes]]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                report = self.replicator.ingest([body for _, _, body in pending], "amqp")
+            except Exception as exc:  # noqa: BLE001
+                log.error("ingest failed for a batch of %d events: %r", len(pending), exc)
+                if not self.replicator.stores_ok():
+                    if self.stopping.is_set():
+                        raise ConnectionError("stopping during a store outage; the batch stays on the queue") from exc
+                    log.error("stores unavailable: holding %d events, retrying in %.1f s", len(pending), delay)
+                    conn.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                self._isolate(channel, pending, exc)
+                return
+            channel.basic_ack(pending[-1][0], multiple=True)
+            self.batches += 1
+            if self.on_batch:
+                self.on_batch(report)
+            return
+
+    def _isolate(self, channel, items, exc: Exception) -> None:
+        """The stores answer but this batch fails: split it until each failing message is alone;
+        acknowledge the rest as they are stored."""
+        if len(items) == 1:
+            self._poisoned(channel, items[0], exc)
+            return
+        mid = len(items) // 2
+        for half in (items[:mid], items[mid:]):
+            try:
+                report = self.replicator.ingest([body for _, _, body in half], "amqp")
+            except Exception as half_exc:  # noqa: BLE001
+                self._isolate(channel, half, half_exc)
+                continue
+            for tag, _, _ in half:
+                channel.basic_ack(tag)
+            self.batches += 1
+            if self.on_batch:
+                self.on_batch(report)
+
+    def _poisoned(self, channel, item, exc: Exception) -> None:
+        tag, props, body = item
+        deliveries = delivery_count(props) + 1
+        self.poisoned += 1
+        if deliveries >= self.limit:
+            log.error("message failed %d deliveries, to the dead-letter store: %r", deliveries, exc)
+            self.replicator.dead_letters.add(
+                [(body, "(delivery)", f"failed {deliveries} deliveries: {type(exc).__name__}: {exc}", deliveries)],
+                "amqp")
+            channel.basic_ack(tag)
+        else:
+            log.error("message failed on its own (delivery %d of %d), returned to the queue: %r",
+                      deliveries, self.limit, exc)
+            channel.basic_nack(tag, requeue=True)
+
+    # -- the parking queue --------------------------------------------------------------------------
+    def _flush_parked(self, conn, channel, parked) -> None:
+        """Messages the broker dead-lettered at the delivery limit (for example ones that killed
+        the consumer before it could count them): one more try each, alone, then the dead-letter
+        store with the reason."""
+        for tag, props, body in parked:
+            headers = getattr(props, "headers", None) or {}
+            deaths = headers.get("x-death") or [{}]
+            why = deaths[0].get("reason", b"")
+            why = why.decode() if isinstance(why, bytes) else str(why)
+            deliveries = delivery_count(props) or self.limit + 1
+            try:
+                self.replicator.ingest([body], "amqp-parked")
+            except Exception as exc:  # noqa: BLE001
+                if not self.replicator.stores_ok():
+                    channel.basic_nack(tag, requeue=True)
+                    conn.sleep(1.0)
+                    continue
+                log.error("parked message (%s) fails on its own too, to the dead-letter store: %r", why, exc)
+                self.replicator.dead_letters.add(
+                    [(body, "(delivery)", f"parked by RabbitMQ ({why or 'dead-lettered'}) after {deliveries} "
+                      f"deliveries; fails on its own: {type(exc).__name__}: {exc}", deliveries)], "amqp-parked")
+            channel.basic_ack(tag)

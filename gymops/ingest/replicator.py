@@ -114,11 +114,44 @@ class Replicator:
         self.histories = {t: history.history_for(settings, t) for t in history.TABLES}
         self._lock = threading.Lock()  # one batch at a time per process keeps the file ledger simple
 
+    def stores_ok(self) -> bool:
+        """Whether this tier's database, the offline history and (services) Redis answer now. Tells
+        an outage (every batch would fail: hold and retry) from a poison event (only it fails)."""
+        import sqlalchemy as sa
+
+        try:
+            with self.dead_letters.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            for h in self.histories.values():
+                h.present(["(probe)"])
+            if getattr(self.settings, "services", False):
+                import redis
+
+                redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5).ping()
+            return True
+        except Exception as exc:  # noqa: BLE001
+            log.error("stores unavailable: %r", exc)
+            return False
+
     def recover(self) -> int:
         return sum(h.recover() for h in self.histories.values())
 
     def validate(self, raw) -> Event:
-        return parse_event(raw, check_photo_url=self.check_photo_url)
+        """parse_event with this deployment's limits. Raises EventValidationError only."""
+        return parse_event(raw, check_photo_url=self.check_photo_url,
+                           max_bytes=getattr(self.settings, "event_max_bytes", 64 * 1024),
+                           max_depth=getattr(self.settings, "event_max_depth", 8))
+
+    def _row(self, raw, created: datetime) -> tuple[Event, str, dict]:
+        """Validate and shape one input; anything but a storable row is an EventValidationError, so
+        one odd event is dead-lettered instead of failing (and blocking) its whole batch."""
+        event = self.validate(raw)
+        try:
+            table, row = history_row(event, created)
+        except Exception as exc:  # noqa: BLE001
+            log.error("event %s passed validation but cannot be stored: %r", event.event_id, exc)
+            raise EventValidationError("(validation)", f"not storable: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        return event, table, row
 
     def ingest(self, raws: Sequence[Any], source: str) -> IngestReport:
         outcomes: list[Outcome | None] = [None] * len(raws)
@@ -128,7 +161,7 @@ class Replicator:
         created = datetime.now(timezone.utc)
         for i, raw in enumerate(raws):
             try:
-                event = self.validate(raw)
+                event, table, row = self._row(raw, created)
             except EventValidationError as exc:
                 invalid.append((i, raw, exc))
                 continue
@@ -136,11 +169,12 @@ class Replicator:
                 outcomes[i] = Outcome(DUPLICATE, event.event_id)
                 continue
             seen_in_batch.add(event.event_id)
-            table, row = history_row(event, created)
             by_table.setdefault(table, []).append((i, row))
 
         with self._lock:
             # Dead letters first: once committed, the stream may move past them whatever happens next.
+            # If the push below fails the batch is redelivered; the store keys each message, so its
+            # dead letters are not written twice.
             ids = self.dead_letters.add([(raw, exc.field, exc.reason) for _, raw, exc in invalid], source)
             for (i, _, exc), letter_id in zip(invalid, ids):
                 outcomes[i] = Outcome(DEAD_LETTER, None, exc.field, exc.reason, letter_id)
@@ -216,15 +250,29 @@ class Batcher:
             flat = [raw for raws, _ in taken for raw in raws]
             try:
                 report = self.replicator.ingest(flat, self.source)
-            except BaseException as exc:  # every waiting caller learns its events were not stored
-                log.exception("batch of %d events failed", len(flat))
-                for _, future in taken:
-                    future.set_exception(exc)
+            except Exception as exc:
+                log.error("batch of %d events from %d callers failed (%r); retrying each caller's on its own",
+                          len(flat), len(taken), exc)
+                self._one_by_one(taken, exc)
                 continue
             at = 0
             for raws, future in taken:
                 future.set_result(report.outcomes[at : at + len(raws)])
                 at += len(raws)
+
+    def _one_by_one(self, taken: list[tuple[list, Future]], first: Exception) -> None:
+        """One caller's events must never fail another caller's: after a shared batch failed,
+        each caller's events are ingested alone, and only a caller whose own events fail (a
+        store down) learns of a failure."""
+        for raws, future in taken:
+            if len(taken) == 1:
+                future.set_exception(first)
+                continue
+            try:
+                future.set_result(self.replicator.ingest(raws, self.source).outcomes)
+            except Exception as exc:  # noqa: BLE001 - reported to this caller only
+                log.exception("ingest of %d events failed", len(raws))
+                future.set_exception(exc)
 
 
 def replay_dead_letters(replicator: Replicator, ids: Sequence[int] | None = None, payload: str | None = None):
