@@ -1,12 +1,11 @@
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import dagster as dg
 
-from assets.training_dataset import MODEL_TYPE
-from assets.trained_checkpoint import TrainedCheckpoint, confusion_md
-from gymops.ml.dataset import DatasetManifest, Holdout
-from gymops.ml.evaluate import evaluate_onnx
+from assets.trained_checkpoint import TrainedCheckpoint
+from gymops.lifecycle.registry import LAUNDRY
+from gymops.ml.dataset import DatasetManifest
+from gymops.ml.evaluate import confusion_md, evaluate_onnx, frozen_holdout
 from gymops.ml.export import export_onnx
 from gymops.ml.train import TrainConfig, train
 from resources.pipeline import PipelineStore
@@ -23,11 +22,6 @@ class CandidateModel:
     metrics: dict = field(default_factory=dict)  # {"val": .., "holdout": .., "onnx_max_abs_diff": ..}
 
 
-def frozen_holdout(pipeline: PipelineStore, size: int):
-    holdout = Holdout.freeze_or_load(pipeline.path("holdout"), MODEL_TYPE, [])
-    return holdout.arrays(size)
-
-
 @dg.asset(
     group_name="laundry", kinds={"onnx"},
     description="The trained model exported to ONNX (checked against PyTorch), evaluated on validation "
@@ -37,16 +31,16 @@ def candidate_model(context: dg.AssetExecutionContext, pipeline: PipelineStore, 
                     training_dataset: DatasetManifest, trained_checkpoint: TrainedCheckpoint) -> CandidateModel:
     cfg = TrainConfig(**trained_checkpoint.config)
     model = train(training_dataset, cfg, trained_checkpoint.ckpt_dir).model  # the finished training, reloaded
-    onnx_path = pipeline.path("models", MODEL_TYPE, f"{training_dataset.dataset_id}-{cfg.fingerprint()}.onnx")
+    onnx_path = pipeline.path("models", LAUNDRY, f"{training_dataset.dataset_id}-{cfg.fingerprint()}.onnx")
     val_x = training_dataset.images("val")
     diff = export_onnx(model, onnx_path, training_dataset.size, samples=val_x[:32])
     metrics = {
         "val": evaluate_onnx(onnx_path, val_x, training_dataset.labels("val")),
-        "holdout": evaluate_onnx(onnx_path, *frozen_holdout(pipeline, training_dataset.size)),
+        "holdout": evaluate_onnx(onnx_path, *frozen_holdout(pipeline.path("holdout"), LAUNDRY, training_dataset.size)),
         "onnx_max_abs_diff": diff,
     }
     version = registry.registry().register_candidate(
-        MODEL_TYPE, cfg.backbone, metrics, training_dataset.dataset_id, context.run_id, str(onnx_path))
+        LAUNDRY, cfg.backbone, metrics, training_dataset.dataset_id, context.run_id, str(onnx_path))
     h = metrics["holdout"]
     context.add_output_metadata({
         "version": version.version,
@@ -59,15 +53,6 @@ def candidate_model(context: dg.AssetExecutionContext, pipeline: PipelineStore, 
         "onnx": dg.MetadataValue.path(str(onnx_path)),
         "dataset_id": training_dataset.dataset_id,
     })
-    return CandidateModel(MODEL_TYPE, version.version, version.triton_version, str(onnx_path),
+    return CandidateModel(LAUNDRY, version.version, version.triton_version, str(onnx_path),
                           training_dataset.dataset_id, metrics)
 
-
-def champion_holdout_accuracy(registry, pipeline: PipelineStore, size: int) -> tuple[str | None, float | None]:
-    """The active model's accuracy on the same frozen holdout, measured now: like with like."""
-    active = registry.active(MODEL_TYPE)
-    if active is None:
-        return None, None
-    if not Path(active.artifact_uri).exists():
-        raise dg.Failure(f"active model {active.version}: artifact {active.artifact_uri} is missing")
-    return active.version, float(evaluate_onnx(active.artifact_uri, *frozen_holdout(pipeline, size))["accuracy"])

@@ -2,8 +2,8 @@ import dagster as dg
 import pandas as pd
 
 from assets.candidate_model import CandidateModel
-from assets.training_dataset import MODEL_TYPE
 from gymops.deploy.deployer import DeployFailed
+from gymops.lifecycle.registry import LAUNDRY
 from gymops.ml.dataset import Holdout
 from resources.pipeline import PipelineStore
 from resources.registry import RegistryResource
@@ -20,13 +20,13 @@ GOLDEN_PHOTOS = 16
 def deployed_model(context: dg.AssetExecutionContext, candidate_model: CandidateModel, pipeline: PipelineStore,
                    registry: RegistryResource, triton: TritonResource) -> dg.MaterializeResult:
     deployer = triton.deployer(registry.registry())
-    state = deployer.consistency(MODEL_TYPE)
+    state = deployer.consistency(LAUNDRY)
     if not state.ok:  # e.g. Triton restarted since the last deploy: serve the registry's active version first
         context.log.warning("serving and registry disagree (%s): reconciling first", "; ".join(state.problems))
-        deployer.reconcile(MODEL_TYPE)
-    golden = Holdout.freeze_or_load(pipeline.path("holdout"), MODEL_TYPE, []).photos()[:GOLDEN_PHOTOS]
+        deployer.reconcile(LAUNDRY)
+    golden = Holdout.freeze_or_load(pipeline.path("holdout"), LAUNDRY, []).photos()[:GOLDEN_PHOTOS]
     try:
-        report = deployer.deploy(MODEL_TYPE, candidate_model.version, golden,
+        report = deployer.deploy(LAUNDRY, candidate_model.version, golden,
                                  on_step=lambda step, s: context.log.info("deploy %s: %.2f s", step, s))
     except DeployFailed as exc:
         raise dg.Failure(f"deploy of {candidate_model.version} failed at {exc.step}: {exc.cause}; "
@@ -51,13 +51,9 @@ class RollbackConfig(dg.Config):
 @dg.op(description="Serve the previous (or a named) laundry version again; ModelRolledBackEvent recorded.")
 def rollback_laundry(context: dg.OpExecutionContext, config: RollbackConfig, registry: RegistryResource,
                      triton: TritonResource) -> dict:
-    report = triton.deployer(registry.registry()).rollback(MODEL_TYPE, config.to_version or None, config.reason)
+    report = triton.deployer(registry.registry()).rollback(LAUNDRY, config.to_version or None, config.reason)
     context.log.info("rolled back %s -> %s in %.2f s", report.from_version, report.to_version, report.seconds)
     context.add_output_metadata({"from_version": report.from_version, "to_version": report.to_version,
                                  "seconds": dg.MetadataValue.float(report.seconds)})
     return report.as_dict()
 
-
-@dg.job(description="Roll the laundry model back, with no failed request.")
-def laundry_rollback():
-    rollback_laundry()

@@ -4,16 +4,17 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from assets.candidate_model import CandidateModel, candidate_model, champion_holdout_accuracy
-from assets.corrected_tasks import corrected_tasks, load_days, partition_days
-from assets.training_dataset import MODEL_TYPE, training_dataset
-from gymops.lifecycle import outbox as events
+from assets.candidate_model import CandidateModel, candidate_model
+from assets.corrected_tasks import KEY as CORRECTED_TASKS, load_days
+from assets.training_dataset import training_dataset
 from gymops.lifecycle import gates as verification
+from gymops.lifecycle import outbox as events
+from gymops.lifecycle.registry import LAUNDRY, IllegalTransition
 from gymops.ml.dataset import DatasetManifest
-from gymops.ml.preprocess import normalise
-from gymops.lifecycle.registry import IllegalTransition
-from gymops.settings import load_settings
+from gymops.ml.evaluate import champion_holdout_accuracy
+from gymops.ml.preprocess import IMAGE_SIZE, normalise
 from resources.pipeline import PipelineStore
+from resources.policy import GatesResource
 from resources.registry import RegistryResource
 
 
@@ -22,12 +23,12 @@ def _result(context, registry: RegistryResource, gate: verification.GateResult, 
         reasons = verification.failures_as_reasons([gate])
         if version is not None:
             try:
-                registry.registry().reject(MODEL_TYPE, version, reasons, run_id=context.run.run_id)
+                registry.registry().reject(LAUNDRY, version, reasons, run_id=context.run.run_id)
             except IllegalTransition:  # already rejected by a sibling gate: still record this gate's reasons
-                registry.outbox().record_event(events.model_verification_failed(MODEL_TYPE, version, reasons, context.run.run_id))
+                registry.outbox().record_event(events.model_verification_failed(LAUNDRY, version, reasons, context.run.run_id))
         else:
             registry.outbox().record_event(events.model_verification_failed(
-                MODEL_TYPE, f"(run {context.run.run_id[:8]}, not trained)", reasons, context.run.run_id))
+                LAUNDRY, f"(run {context.run.run_id[:8]}, not trained)", reasons, context.run.run_id))
     return dg.AssetCheckResult(
         passed=gate.passed,
         metadata={
@@ -39,11 +40,11 @@ def _result(context, registry: RegistryResource, gate: verification.GateResult, 
     )
 
 
-@dg.asset_check(asset=corrected_tasks, blocking=True, description="Great Expectations: labels in the set, "
+@dg.asset_check(asset=CORRECTED_TASKS, blocking=True, description="Great Expectations: labels in the set, "
                 "photo URL present, ids unique, timestamps sane, class balance.")
 def corrected_tasks_data_check(context: dg.AssetCheckExecutionContext, pipeline: PipelineStore,
                                registry: RegistryResource):
-    frame, _ = load_days(pipeline, partition_days(context))
+    frame, _ = load_days(pipeline, list(context.partition_keys))
     gate = verification.check_corrected_tasks(frame)
     return _result(context, registry, gate, None)
 
@@ -68,9 +69,13 @@ def training_dataset_data_check(context: dg.AssetCheckExecutionContext, registry
 @dg.asset_check(asset=candidate_model, blocking=True, description="Validation >= 0.90, holdout >= 0.88, each "
                 "class >= 0.90, and better than the active model on the same frozen holdout.")
 def accuracy_gate(context: dg.AssetCheckExecutionContext, pipeline: PipelineStore, registry: RegistryResource,
-                  candidate_model: CandidateModel):
-    champion, accuracy = champion_holdout_accuracy(registry.registry(), pipeline, 224)
-    gate = verification.accuracy_gate(candidate_model.metrics, accuracy, load_settings().gates)
+                  gates: GatesResource, candidate_model: CandidateModel):
+    try:
+        champion, accuracy = champion_holdout_accuracy(registry.registry(), pipeline.path("holdout"), LAUNDRY,
+                                                       IMAGE_SIZE)
+    except FileNotFoundError as exc:
+        raise dg.Failure(str(exc)) from exc
+    gate = verification.accuracy_gate(candidate_model.metrics, accuracy, gates.settings())
     if champion:
         gate.figures["champion_version"] = champion
     return _result(context, registry, gate, candidate_model.version)
@@ -80,10 +85,10 @@ def accuracy_gate(context: dg.AssetCheckExecutionContext, pipeline: PipelineStor
                 description="In a sandbox (onnxruntime in a child "
                 "process, never the serving Triton): mean latency <= 200 ms over 1000 requests, memory <= 2 GB, "
                 "throughput >= 50 req/s.")
-def performance_gate(context: dg.AssetCheckExecutionContext, registry: RegistryResource,
+def performance_gate(context: dg.AssetCheckExecutionContext, registry: RegistryResource, gates: GatesResource,
                      training_dataset: DatasetManifest, candidate_model: CandidateModel):
     samples = normalise(np.asarray(training_dataset.images("val")[:16]))
-    gate = verification.performance_gate(candidate_model.onnx_path, samples, load_settings().gates)
+    gate = verification.performance_gate(candidate_model.onnx_path, samples, gates.settings())
     return _result(context, registry, gate, candidate_model.version)
 
 

@@ -1,8 +1,25 @@
-import os
+"""The two daily partitionings. Their first day is a setting (settings.partitions), so they are made
+by functions of it, called by the code-location factory (assets/location.py), never at import."""
+from datetime import date, timedelta
 
 import dagster as dg
 
-# Confirmation days (UTC). end_offset=1 makes today a partition too, so a training run can include it.
-CONFIRMATION_DAYS = dg.DailyPartitionsDefinition(
-    start_date=os.environ.get("GYMOPS_PARTITIONS_START", "2026-11-01"), timezone="UTC", end_offset=1,
-)
+GYM_TIMEZONE = "Asia/Seoul"
+# The tags of a single-run backfill / a run over a range of partitions (the sensor's, the launchers').
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+
+def confirmation_days(start: str) -> dg.DailyPartitionsDefinition:
+    """Confirmation days (UTC). end_offset=1 makes today a partition too, so a training run can include it."""
+    return dg.DailyPartitionsDefinition(start_date=start, timezone="UTC", end_offset=1)
+
+
+def face_days(start: str) -> dg.DailyPartitionsDefinition:
+    """Gym days (Seoul time) of the nightly face batch."""
+    return dg.DailyPartitionsDefinition(start_date=start, timezone=GYM_TIMEZONE)
+
+
+def days_in_range(first: str, last: str) -> list[str]:
+    """The daily keys first..last inclusive (a range the sensor or a launcher tagged)."""
+    start, end = date.fromisoformat(first), date.fromisoformat(last)
+    return [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]

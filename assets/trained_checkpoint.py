@@ -5,14 +5,10 @@ import dagster as dg
 import pandas as pd
 
 from assets.progress import ProgressLog
-from assets.training_dataset import training_dataset
 from gymops.ml.dataset import DatasetManifest
+from gymops.ml.evaluate import confusion_md, why_not_learned
 from gymops.ml.train import TrainConfig, train
 from resources.pipeline import PipelineStore
-
-MIN_BALANCED_ACCURACY = 0.6  # below this on validation the training did not learn: retry it
-COIN_TOSS_LOSS = math.log(2)  # cross-entropy of always answering 50/50
-
 
 class TrainingConfig(dg.Config):
     lr: float = 1e-3
@@ -50,27 +46,6 @@ def train_config(config: TrainingConfig, retry: int) -> TrainConfig:
                        defective_weight=config.defective_weight)
 
 
-def learned(metrics: dict, curves: list) -> str | None:
-    """Why a finished training did not learn (None if it did)."""
-    losses = [row.get("train_loss") for row in curves]
-    if not losses or any(v is None or not math.isfinite(v) for v in losses):
-        return f"training loss is not finite ({losses[-3:]})"
-    val_losses = [row["val_loss"] for row in curves if row.get("val_loss") is not None]
-    if not val_losses or not min(val_losses) < COIN_TOSS_LOSS:
-        return f"best validation loss {min(val_losses, default=float('nan')):.3g} never beat a coin toss ({COIN_TOSS_LOSS:.3f})"
-    per_class = metrics.get("per_class_accuracy", {})
-    balanced = sum(per_class.values()) / max(len(per_class), 1)
-    if balanced < MIN_BALANCED_ACCURACY:
-        return f"validation balanced accuracy {balanced:.3f} < {MIN_BALANCED_ACCURACY}: no better than chance"
-    return None
-
-
-def confusion_md(confusion) -> str:
-    (tn, fp), (fn, tp) = confusion
-    return ("| true \\ predicted | good | defective |\n|---|---|---|\n"
-            f"| **good** | {tn} | {fp} |\n| **defective** | {fn} | {tp} |")
-
-
 @dg.asset(
     group_name="laundry", kinds={"pytorch", "lightning"},
     description="Transfer learning from EfficientNet-Lite0 ImageNet weights (head on a frozen trunk); "
@@ -84,7 +59,7 @@ def trained_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig
     context.log.info("attempt %d: lr %.2g, checkpoints in %s", retry + 1, cfg.lr, ckpt_dir)
     try:
         result = train(training_dataset, cfg, ckpt_dir, progress=ProgressLog(context, "train"))
-        why = learned(result.metrics, result.curves)
+        why = why_not_learned(result.metrics, result.curves)
         if why:
             raise TrainingDiverged(why)
     except (TrainingDiverged, FloatingPointError) as exc:

@@ -1,18 +1,17 @@
 import dagster as dg
 import pandas as pd
 
-from assets.corrected_tasks import corrected_tasks, load_days
-from assets.partitions import CONFIRMATION_DAYS
+from assets.corrected_tasks import KEY as CORRECTED_TASKS, load_days
+from assets.partitions import RANGE_END, RANGE_START, days_in_range
 from assets.progress import ProgressLog
 from gymops.history import confirmations
+from gymops.lifecycle.registry import LAUNDRY
 from gymops.ml.dataset import DatasetManifest, Holdout, TaskRecord, build_dataset, dataset_id_for, fetch_photos
+from gymops.ml.preprocess import IMAGE_SIZE
 from resources.feast import FeastResource
 from resources.photos import PhotoStoreResource
 from resources.pipeline import PipelineStore
 from resources.registry import RegistryResource
-
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-MODEL_TYPE = "laundry"
 
 
 class DatasetConfig(dg.Config):
@@ -30,10 +29,9 @@ def window_keys(context: dg.AssetExecutionContext, registry: RegistryResource) -
     backfill run), else every materialised day since the last training."""
     tags = context.run.tags
     if RANGE_START in tags:
-        return list(CONFIRMATION_DAYS.get_partition_keys_in_range(
-            dg.PartitionKeyRange(tags[RANGE_START], tags[RANGE_END])))
-    materialised = sorted(context.instance.get_materialized_partitions(corrected_tasks.key))
-    since = registry.last_trained_at(MODEL_TYPE)
+        return days_in_range(tags[RANGE_START], tags[RANGE_END])
+    materialised = sorted(context.instance.get_materialized_partitions(CORRECTED_TASKS))
+    since = registry.last_trained_at(LAUNDRY)
     return [k for k in materialised if since is None or k >= since.date().isoformat()]
 
 
@@ -45,7 +43,7 @@ def select_tasks(window: pd.DataFrame, newest: pd.DataFrame) -> pd.DataFrame:
 
 
 @dg.asset(
-    deps=[corrected_tasks], group_name="laundry", kinds={"albumentations", "numpy"},
+    deps=[CORRECTED_TASKS], group_name="laundry", kinds={"albumentations", "numpy"},
     description="Photos of the selected tasks, split by task 80/20 before augmentation (training x5 "
                 "augmented), with the model type's frozen holdout set apart.",
 )
@@ -56,7 +54,7 @@ def training_dataset(context: dg.AssetExecutionContext, config: DatasetConfig, f
     if missing:
         raise dg.Failure(f"corrected_tasks partitions not materialised: {', '.join(missing)}; "
                          "backfill them (UI or `dagster asset materialize --partition-range`)")
-    newest = confirmations.newest_corrections(feast.settings(), feast.store(), config.newest_corrections)
+    newest = confirmations.newest_corrections(feast.tree(), feast.store(), config.newest_corrections)
     tasks = select_tasks(window, newest)
     context.log.info("%d days, %d confirmations in the window + %d newest corrections -> %d tasks",
                      len(keys), len(window), len(newest), len(tasks))
@@ -64,9 +62,9 @@ def training_dataset(context: dg.AssetExecutionContext, config: DatasetConfig, f
                for r in tasks.itertuples()]
     fetched, dropped = fetch_photos(records, photos.get, workers=config.fetch_workers,
                                     progress=ProgressLog(context, "fetch photos"))
-    holdout = Holdout.freeze_or_load(pipeline.path("holdout"), MODEL_TYPE, fetched, fraction=config.holdout_fraction,
+    holdout = Holdout.freeze_or_load(pipeline.path("holdout"), LAUNDRY, fetched, fraction=config.holdout_fraction,
                                      min_per_class=config.holdout_min_per_class, seed=config.seed)
-    dataset_id = dataset_id_for(fetched, holdout.task_ids, config.val_fraction, config.copies, 224, config.seed)
+    dataset_id = dataset_id_for(fetched, holdout.task_ids, config.val_fraction, config.copies, IMAGE_SIZE, config.seed)
     manifest = build_dataset(fetched, holdout, pipeline.path("datasets", dataset_id), val_fraction=config.val_fraction,
                              copies=config.copies, seed=config.seed, progress=ProgressLog(context, "augment"))
     reasons = pd.Series([reason.split(":")[0] for _, reason in dropped]).value_counts().to_dict()

@@ -1,5 +1,29 @@
 """Dagster resources: the only place the Dagster code talks to Feast, the registry database, the
-broker and the photo store. Each is a ConfigurableResource over the plain-Python core in gymops/."""
-from resources.feast import FeastResource
+photo store, Triton and the pipeline's files, plus the gate and retraining policies. Each is a
+ConfigurableResource with fields; ``build_resources(settings)`` makes the set once from a Settings."""
+from __future__ import annotations
 
-__all__ = ["FeastResource"]
+from gymops.settings import Settings
+from resources.feast import FeastResource
+from resources.photos import PhotoStoreResource
+from resources.pipeline import PipelineStore
+from resources.policy import GatesResource, RetrainResource
+from resources.registry import RegistryResource
+from resources.triton import TritonResource
+
+
+def build_resources(settings: Settings) -> dict:
+    """Every resource the assets, checks and sensors ask for, built from these settings."""
+    return {
+        "feast": FeastResource.from_settings(settings),
+        "registry": RegistryResource.from_settings(settings),
+        "photos": PhotoStoreResource.from_settings(settings),
+        "triton": TritonResource.from_settings(settings),
+        "pipeline": PipelineStore(root=str(settings.pipeline_root)),
+        "gates": GatesResource.from_settings(settings.gates),
+        "retrain": RetrainResource.from_settings(settings.retrain),
+    }
+
+
+__all__ = ["build_resources", "FeastResource", "PhotoStoreResource", "PipelineStore", "GatesResource",
+           "RetrainResource", "RegistryResource", "TritonResource"]

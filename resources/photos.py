@@ -1,9 +1,7 @@
-import dagster as dg
-
-from gymops.settings import load_settings
+from resources.base import SettingsResource
 
 
-class PhotoStoreResource(dg.ConfigurableResource):
+class PhotoStoreResource(SettingsResource):
     """The profile's photo store: a local folder (embedded) or S3-compatible storage (services)."""
 
     def get(self, url: str) -> bytes:
@@ -12,4 +10,4 @@ class PhotoStoreResource(dg.ConfigurableResource):
     def store(self):
         from gymops.storage.photos import photo_store_for
 
-        return photo_store_for(load_settings())
+        return self._once("store", lambda: photo_store_for(self.tree()))

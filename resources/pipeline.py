@@ -3,18 +3,15 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from gymops.settings import load_settings
-
 
 class PipelineStore(dg.ConfigurableResource):
     """Where the pipeline's artifacts live: partition files, datasets, checkpoints, ONNX models.
-    Empty root: $GYMOPS_HOME/pipeline."""
+    The code location builds it with root = the settings' pipeline_root ($GYMOPS_HOME/pipeline)."""
 
-    root: str = ""
+    root: str
 
     def path(self, *parts: str) -> Path:
-        base = Path(self.root) if self.root else load_settings().home / "pipeline"
-        path = base.joinpath(*parts)
+        path = Path(self.root).joinpath(*parts)
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 

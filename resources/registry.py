@@ -1,30 +1,27 @@
 from datetime import datetime
 
-import dagster as dg
-
-from gymops.settings import load_settings
+from resources.base import SettingsResource
 
 
-class RegistryResource(dg.ConfigurableResource):
-    """The model registry (model_versions) and the outbox of model events, in this tier's database."""
+class RegistryResource(SettingsResource):
+    """The model registry (model_versions) and the outbox of model events, in this tier's database.
+    The engine (and its create_all) is made once per resource instance."""
 
     def _engine(self):
         from gymops.db import engine_for
 
-        return engine_for(load_settings())
+        return self._once("engine", lambda: engine_for(self.tree()))
 
     def registry(self):
         """Status changes (activate, reject, rollback) record their event in the outbox, atomically."""
-        from gymops.lifecycle.outbox import Outbox
         from gymops.lifecycle.registry import ModelRegistry
 
-        engine = self._engine()
-        return ModelRegistry(engine, outbox=Outbox(engine))
+        return self._once("registry", lambda: ModelRegistry(self._engine(), outbox=self.outbox()))
 
     def outbox(self):
         from gymops.lifecycle.outbox import Outbox
 
-        return Outbox(self._engine())
+        return self._once("outbox", lambda: Outbox(self._engine()))
 
     def last_trained_at(self, model_type: str) -> datetime | None:
         newest = self.registry().history(model_type, limit=1)

@@ -1,16 +1,14 @@
-import dagster as dg
-
-from gymops.settings import load_settings
+from resources.base import SettingsResource
 
 
-class TritonResource(dg.ConfigurableResource):
+class TritonResource(SettingsResource):
     """The serving Triton (explicit model control over gRPC with the deployer's token) and its
     model repository. The server itself runs outside Dagster (`make up`, `python -m gymops.serving start`)."""
 
     def serving(self):
         from gymops.settings import ensure_tokens
 
-        return ensure_tokens(load_settings()).serving
+        return self._once("serving", lambda: ensure_tokens(self.tree()).serving)
 
     def deployer(self, registry):
         from gymops.deploy.deployer import Deployer

@@ -5,8 +5,7 @@ import json
 import dagster as dg
 import pytest
 
-from pipeline_helpers import (LENIENT_GATES, check_results, environ, materialised, run_training,
-                              tiny_run_config)
+from pipeline_helpers import LENIENT_GATES, check_results, materialised, run_training, tiny_run_config
 from gymops.simulator.history import ingest_simulated_history
 
 pytestmark = pytest.mark.slow
@@ -14,21 +13,26 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def pipeline_env(tmp_path_factory):
-    from gymops.settings import Settings
     from gymops.history import feature_store
+    from gymops.settings import GateSettings, Settings
 
-    settings = Settings(profile="embedded", home=tmp_path_factory.mktemp("pipeline"), ingest_token="t")
+    settings = Settings(profile="embedded", home=tmp_path_factory.mktemp("pipeline"), ingest_token="t",
+                        gates=GateSettings(**LENIENT_GATES))
     feature_store.apply(settings)
-    with environ({**settings.environment(), **LENIENT_GATES}):
-        first, last = ingest_simulated_history(settings, tasks=160, days=3)
-        with dg.instance_for_test(temp_dir=str(tmp_path_factory.mktemp("dagster"))) as instance:
-            yield settings, instance, first, last
+    first, last = ingest_simulated_history(settings, tasks=160, days=3)
+    with dg.instance_for_test(temp_dir=str(tmp_path_factory.mktemp("dagster"))) as instance:
+        yield settings, instance, first, last
 
 
 @pytest.fixture(scope="module")
 def first_run(pipeline_env):
     settings, instance, first, last = pipeline_env
-    return run_training(instance, first, last, tiny_run_config())
+    return run_training(settings, instance, first, last, tiny_run_config())
+
+
+def strict(settings):
+    """The same profile with a validation gate no tiny training passes (settings.gates, nothing else)."""
+    return settings.replace(gates={"val_accuracy": 0.999})
 
 
 def registry(settings):
@@ -64,8 +68,7 @@ def test_a_failing_gate_blocks_and_records_the_event(pipeline_env, first_run):
     settings, instance, first, last = pipeline_env
     reg, outbox = registry(settings)
     active_before = reg.active("laundry")
-    with environ({"GYMOPS_GATE_VAL_ACCURACY": "0.999"}):
-        result = run_training(instance, first, last, tiny_run_config())
+    result = run_training(strict(settings), instance, first, last, tiny_run_config())
     assert not result.success
     assert check_results(result)["accuracy_gate"] is False
     [version] = reg.history("laundry", limit=1)
@@ -79,13 +82,14 @@ def test_a_failing_gate_blocks_and_records_the_event(pipeline_env, first_run):
 
 def test_reexecution_from_the_failed_gate_reuses_upstream(pipeline_env, first_run):
     settings, instance, first, last = pipeline_env
-    with environ({"GYMOPS_GATE_VAL_ACCURACY": "0.999"}):
-        failed = run_training(instance, first, last, tiny_run_config())
+    failed = run_training(strict(settings), instance, first, last, tiny_run_config())
     assert not failed.success
     options = dg.ReexecutionOptions.from_failure(failed.run_id, instance)
-    from runs import laundry_job
+    from assets.jobs import reconstructable_job
 
-    again = dg.execute_job(dg.reconstructable(laundry_job), instance=instance, reexecution_options=options,
+    # the operator lowers the gate again (the lenient settings) and re-executes from the failure
+    again = dg.execute_job(reconstructable_job("laundry_training", settings), instance=instance,
+                           reexecution_options=options,
                            run_config=tiny_run_config(), raise_on_error=False)
     assert again.success
     # only the failed check ran again: nothing upstream was rebuilt
@@ -112,7 +116,7 @@ def test_data_check_fails_on_corrupt_history(pipeline_env, tmp_path):
     table = pa.Table.from_pandas(history_frame(history.TASK_CONFIRMATIONS, [row]), preserve_index=False)
     history.FileHistory(settings.feast_offline_dir / history.TASK_CONFIRMATIONS).append(table)
     try:
-        result = run_training(instance, last, last, tiny_run_config())
+        result = run_training(settings, instance, last, last, tiny_run_config())
         assert not result.success
         assert check_results(result) == {"corrected_tasks_data_check": False}
         assert not materialised(result, "training_dataset")
@@ -133,21 +137,30 @@ def _remove_row(settings, event_id):
             pq.write_table(table.filter(pc.invert(pc.equal(table.column("event_id"), event_id))), path)
 
 
-def test_backfill_of_two_partitions(pipeline_env):
+def test_backfill_of_a_range_reports_each_day(pipeline_env):
+    """A single-run backfill of the three days: one materialisation per day, whose metadata is that
+    day's (the range's totals beside them), and one parquet file per day with only that day's rows."""
     settings, instance, first, last = pipeline_env
-    from definitions import defs
+    from assets.location import build_definitions
+    from assets.partitions import RANGE_END, RANGE_START, days_in_range
 
+    defs = build_definitions(settings)
     job = dg.define_asset_job("backfill_corrected", selection=["corrected_tasks"]).resolve(
         asset_graph=defs.resolve_asset_graph())
-    days = [first, (dg.DailyPartitionsDefinition(start_date=first).get_partition_keys()[1])]
-    result = job.execute_in_process(instance=instance, tags={"dagster/asset_partition_range_start": days[0],
-                                                            "dagster/asset_partition_range_end": days[1]})
+    days = days_in_range(first, last)
+    assert len(days) == 3
+    result = job.execute_in_process(instance=instance, resources=defs.resources,
+                                    tags={RANGE_START: days[0], RANGE_END: days[-1]})
     assert result.success
-    keys = {e.event_specific_data.materialization.partition for e in materialised(result, "corrected_tasks")}
-    assert keys == set(days)
-    from resources.pipeline import PipelineStore
-
-    with environ(settings.environment()):
-        frames = [PipelineStore().read_frame("corrected_tasks", f"{d}.parquet") for d in days]
-    assert all(f is not None and len(f) > 0 for f in frames)
-    assert all(set(f.event_timestamp.dt.date.astype(str)) == {d} for f, d in zip(frames, days))
+    events = materialised(result, "corrected_tasks")
+    per_day = {e.event_specific_data.materialization.partition: e.event_specific_data.materialization.metadata
+               for e in events}
+    assert set(per_day) == set(days)
+    frames = {d: defs.resources["pipeline"].read_frame("corrected_tasks", f"{d}.parquet") for d in days}
+    assert all(f is not None and len(f) > 0 for f in frames.values())
+    assert all(set(f.event_timestamp.dt.date.astype(str)) == {d} for d, f in frames.items())
+    counts = {d: meta["confirmations"].value for d, meta in per_day.items()}
+    total = per_day[days[0]]["range_confirmations"].value
+    assert counts == {d: len(frames[d]) for d in days}  # each partition reports its own day
+    assert sum(counts.values()) == total and len(set(counts.values())) > 1, counts
+    assert all(meta["corrections"].value == int(frames[d].corrected.sum()) for d, meta in per_day.items())

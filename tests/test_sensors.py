@@ -30,15 +30,14 @@ def test_the_rule(corrections, days_ago, retrain, why):
 
 
 @pytest.fixture
-def sensor_env(tmp_path, monkeypatch):
-    """An embedded profile of its own (empty history and registry) seen by the Dagster resources."""
+def sensor_env(tmp_path):
+    """An embedded profile of its own (empty history and registry); the sensor's resources are built
+    from these settings (the default retraining rule: 100 corrections and 7 days, or 300)."""
 
     from gymops.history import feature_store
 
-    settings = Settings(profile="embedded", home=tmp_path / "home", ingest_token="t")
+    settings = Settings(profile="embedded", home=tmp_path / "home", ingest_token="t", retrain=POLICY)
     feature_store.apply(settings)
-    for key, value in settings.environment().items():
-        monkeypatch.setenv(key, value)
     return settings
 
 
@@ -56,15 +55,13 @@ def register_training(settings, days_ago):
         trained_at=datetime.now(timezone.utc) - timedelta(days=days_ago))
 
 
-def evaluate(cursor=None):
-    from definitions import defs
-    from resources.feast import FeastResource
-    from resources.registry import RegistryResource
+def evaluate(settings, cursor=None):
+    from assets.location import build_definitions
+    from resources import build_resources
 
-    sensor = defs.get_sensor_def("laundry_corrections_sensor")
+    sensor = build_definitions(settings).get_sensor_def("laundry_corrections_sensor")
     with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(instance=instance, cursor=cursor,
-                                          resources={"feast": FeastResource(), "registry": RegistryResource()})
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=build_resources(settings))
         result = sensor.evaluate_tick(context)
         return result, context.cursor
 
@@ -72,7 +69,7 @@ def evaluate(cursor=None):
 def test_below_threshold_skips(sensor_env):
     ingest_corrections(sensor_env, 40)
     ingest_corrections(sensor_env, 60, corrected=False)  # confirmations as-is do not count
-    result, _ = evaluate()
+    result, _ = evaluate(sensor_env)
     assert not result.run_requests
     assert "40 corrections" in result.skip_message
 
@@ -80,43 +77,54 @@ def test_below_threshold_skips(sensor_env):
 def test_threshold_reached_before_seven_days_waits(sensor_env):
     register_training(sensor_env, days_ago=3)
     ingest_corrections(sensor_env, 120)
-    result, _ = evaluate()
+    result, _ = evaluate(sensor_env)
     assert not result.run_requests and "only 3 of 7 days" in result.skip_message
 
 
 def test_threshold_and_seven_days_launch_once(sensor_env):
     register_training(sensor_env, days_ago=8)
     ingest_corrections(sensor_env, 120)
-    result, cursor = evaluate()
+    result, cursor = evaluate(sensor_env)
     [request] = result.run_requests
     assert request.run_key.startswith("laundry-since-")
     start, end = request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]
     assert start <= end
     # a second tick with no new data launches nothing
-    again, _ = evaluate(cursor)
+    again, _ = evaluate(sensor_env, cursor)
     assert not again.run_requests and "corrections since the last training" in again.skip_message
 
 
-def test_urgent_threshold_launches_early(sensor_env, monkeypatch):
-    monkeypatch.setenv("GYMOPS_RETRAIN_URGENT_CORRECTIONS", "150")
+def test_urgent_threshold_launches_early(sensor_env):
+    """settings.retrain reaches the sensor: 160 corrections one day after a training wait under the
+    default rule (urgent at 300) and launch with an urgent threshold of 150."""
     register_training(sensor_env, days_ago=1)
     ingest_corrections(sensor_env, 160)
-    result, _ = evaluate()
+    result, _ = evaluate(sensor_env)
+    assert not result.run_requests and "urgent at 300" in result.skip_message
+    result, _ = evaluate(sensor_env.replace(retrain={"urgent_corrections": 150}))
     [request] = result.run_requests
     assert "urgent" in request.tags["gymops/trigger"]
 
 
+def test_the_window_starts_at_the_first_partition_of_the_settings(sensor_env):
+    """settings.partitions reaches the sensor's window (a first training reads from the first day)."""
+    ingest_corrections(sensor_env, 100)
+    result, _ = evaluate(sensor_env.replace(partitions={"start": "2026-10-15"}))
+    [request] = result.run_requests
+    assert request.tags["dagster/asset_partition_range_start"] == "2026-10-15"
+
+
 def test_first_training_launches_when_enough_corrections(sensor_env):
     ingest_corrections(sensor_env, 100)
-    result, _ = evaluate()
+    result, _ = evaluate(sensor_env)
     [request] = result.run_requests
     assert request.run_key == "laundry-since-never"
 
 
 def test_face_schedule_is_nightly_on_gym_days():
-    from definitions import defs
+    from assets.location import build_definitions
 
-    schedule = defs.get_schedule_def("face_nightly_schedule")
+    schedule = build_definitions(Settings()).get_schedule_def("face_nightly_schedule")
     assert schedule.cron_schedule == "0 3 * * *" and schedule.execution_timezone == "Asia/Seoul"
     with dg.instance_for_test() as instance:
         context = dg.build_schedule_context(instance=instance,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import random
 import sys
 import threading
@@ -24,8 +23,8 @@ from datetime import datetime, timedelta, timezone
 # Its champion-versus-challenger gate lets a challenger trail by up to 2 holdout photos: two models
 # at ~0.97 are a coin toss apart on ~56 photos, and the demo is there to show the swap. Production
 # (unset): the challenger must beat the champion.
-DEMO_ENV = {"GYMOPS_RETRAIN_MIN_CORRECTIONS": "15", "GYMOPS_RETRAIN_URGENT_CORRECTIONS": "15",
-            "GYMOPS_GATE_MIN_IMPROVEMENT": "-0.04"}
+DEMO_RETRAIN = {"min_corrections": 15, "urgent_corrections": 15}
+DEMO_GATES = {"min_improvement": -0.04}
 DEMO_HOLDOUT_PER_CLASS = 25  # the gates read a class on 25 photos, not 10-15: one photo is 0.04, not 0.07-0.1
 MAX_LIVE_BATCHES = 4  # of --live-tasks each; a ~0.97 model draws ~15 corrections per 500 tasks
 
@@ -72,15 +71,13 @@ class LiveTraffic:
             t.join(10)
 
 
-def holdout_accuracy(result) -> float | None:
-    import runs
-
-    meta = runs.metadata(result, "candidate_model")
-    return meta.get("holdout_accuracy")
+def demo_settings(settings):
+    """The demo's settings: the process's, with the demo's retraining thresholds and gate."""
+    return settings.replace(retrain=DEMO_RETRAIN, gates=DEMO_GATES)
 
 
 def report_run(result, title: str) -> None:
-    import runs
+    from assets import jobs as runs
 
     checks = runs.check_results(result)
     print(f"   {title}: run {result.run_id[:8]} {'succeeded' if result.success else 'FAILED'}")
@@ -103,27 +100,27 @@ def main(argv=None) -> int:
     parser.add_argument("--live-tasks", type=int, default=500, help="tasks per batch of live traffic while the first model serves")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
-    os.environ.update({k: os.environ.get(k, v) for k, v in DEMO_ENV.items()})
 
     import dagster as dg
 
-    import runs
+    from assets import jobs as runs
+    from assets.location import build_definitions
     from gymops.demo import replication
     from gymops import processes
     from gymops.settings import ensure_tokens, load_settings
     from gymops.dagster_home import prepare
     from gymops.storage.photos import photo_store_for
-    from gymops.settings import RetrainSettings
     from gymops.serving.client import LaundryClient
     from gymops.serving.server import TritonServer
-    from gymops.settings import ServingSettings
+    from resources import build_resources
     from gymops.simulator.send import HttpSender
     from gymops.simulator.traffic import TrafficConfig, generate
 
     began = time.monotonic()
-    settings = ensure_tokens(load_settings())
-    os.environ.update(settings.environment())
-    os.environ["DAGSTER_HOME"] = str(prepare(settings))
+    # Settings are built here once and handed to every job, the sensor and the child processes;
+    # nothing below reads or changes this process's environment.
+    settings = demo_settings(ensure_tokens(load_settings()))
+    dagster_home = prepare(settings)
 
     replication.run(settings, argparse.Namespace(tasks=args.tasks, seed=args.seed))
 
@@ -140,7 +137,7 @@ def main(argv=None) -> int:
         engine = engine_for(settings)
         registry = ModelRegistry(engine, outbox=Outbox(engine))
         Deployer.for_settings(registry, ss).reconcile("laundry")  # a re-run serves the last active version again
-        instance = dg.DagsterInstance.get()
+        instance = dg.DagsterInstance.from_config(str(dagster_home))
         today = datetime.now(timezone.utc).date()
         first_day = (today - timedelta(days=8)).isoformat()
 
@@ -148,7 +145,7 @@ def main(argv=None) -> int:
         if before is None:
             step("training the first laundry model from the simulator's history (Dagster: laundry_retrain)")
             first = runs.run_laundry_training(
-                instance, first_day, today.isoformat(), runs.training_run_config(holdout_min_per_class=DEMO_HOLDOUT_PER_CLASS),
+                settings, instance, first_day, today.isoformat(), runs.training_run_config(holdout_min_per_class=DEMO_HOLDOUT_PER_CLASS),
                 deploy=True, tags={"gymops/trigger": "demo: first model"})
             report_run(first, "first model")
             if not first.success:
@@ -163,7 +160,7 @@ def main(argv=None) -> int:
         photos = [store.get(url) for url in _sample_urls(settings, 32)]
         ingest_settings = dataclasses.replace(settings, ingest_port=processes.free_port(settings.ingest_port))
         log = settings.home / "logs" / "demo-ingest.log"
-        ingest = processes.start(ingest_settings, "serve-ingest", log=log)
+        ingest = processes.start(ingest_settings, "ingest", "serve", log=log)
         base = f"http://{ingest_settings.ingest_host}:{ingest_settings.ingest_port}"
         processes.wait_http(base + "/healthz", ingest, log)
 
@@ -173,7 +170,7 @@ def main(argv=None) -> int:
             client = LaundryClient(ss.grpc_url, "grpc")
             sender = HttpSender(base, ingest_settings.ingest_token)
             # The sensor fires at once (no week has passed) when the corrections reach the urgent threshold.
-            threshold = RetrainSettings.from_env().urgent_corrections
+            threshold = settings.retrain.urgent_corrections
             corrected, served_by, first_seed = 0, set(), args.seed + 1000 + int(time.time()) % 1000
             # A better model is corrected less: keep the shop open until enough corrections came in.
             for batch in range(MAX_LIVE_BATCHES):
@@ -190,14 +187,9 @@ def main(argv=None) -> int:
                     break
 
             step("the correction sensor evaluates (thresholds for the demo: "
-                 f"{DEMO_ENV['GYMOPS_RETRAIN_MIN_CORRECTIONS']} corrections; production: 100 and 7 days, or 300)")
-            from definitions import defs
-            from resources.feast import FeastResource
-            from resources.registry import RegistryResource
-
-            sensor = defs.get_sensor_def("laundry_corrections_sensor")
-            context = dg.build_sensor_context(instance=instance,
-                                              resources={"feast": FeastResource(), "registry": RegistryResource()})
+                 f"{settings.retrain.min_corrections} corrections; production: 100 and 7 days, or 300)")
+            sensor = build_definitions(settings).get_sensor_def("laundry_corrections_sensor")
+            context = dg.build_sensor_context(instance=instance, resources=build_resources(settings))
             tick = sensor.evaluate_tick(context)
             if not tick.run_requests:
                 print(f"   sensor skipped: {tick.skip_message}")
@@ -205,10 +197,10 @@ def main(argv=None) -> int:
             request = tick.run_requests[0]
             print(f"   sensor fired: {request.tags['gymops/trigger']} -> run key {request.run_key}")
             step("retraining, gating and hot-swapping under live traffic (Dagster: laundry_retrain); demo gate: "
-                 f"the challenger may trail the champion by up to {-float(os.environ['GYMOPS_GATE_MIN_IMPROVEMENT']):g} "
+                 f"the challenger may trail the champion by up to {-settings.gates.min_improvement:g} "
                  "on the frozen holdout (production: it must beat it)")
             second = runs.run_laundry_training(
-                instance, request.tags[runs.RANGE_START], request.tags[runs.RANGE_END],
+                settings, instance, request.tags[runs.RANGE_START], request.tags[runs.RANGE_END],
                 runs.training_run_config(holdout_min_per_class=DEMO_HOLDOUT_PER_CLASS),
                 deploy=True, tags={"dagster/run_key": request.run_key, "gymops/trigger": request.tags["gymops/trigger"]})
             report_run(second, "retrained model")
@@ -220,13 +212,13 @@ def main(argv=None) -> int:
               f"after {after.metrics['holdout']['accuracy']:.3f} ({after.version})")
         print(f"   live requests during the demo: {traffic.requests}, failed: {traffic.failed}; "
               f"served by version: {json.dumps(traffic.versions)}")
-        print(f"   registry: active {after.version}; previous {after.previous_version} kept loadable for `gymops rollback`")
+        print(f"   registry: active {after.version}; previous {after.previous_version} kept loadable for `gymops models rollback`")
     finally:
         if ingest is not None:
             processes.stop(ingest)
         server.stop()
     print(f"\ndemo finished in {time.monotonic() - began:.0f} s; nothing left running "
-          f"(the Dagster runs are in {os.environ['DAGSTER_HOME']}: `make up` shows them)")
+          f"(the Dagster runs are in {dagster_home}: `make up` shows them)")
     return 0
 
 

@@ -39,6 +39,7 @@ import sqlalchemy as sa
 from gymops.db import as_utc, metadata
 
 MODEL_TYPES = ("laundry", "face")
+LAUNDRY = "laundry"  # the model type the laundry pipeline trains, gates and deploys
 
 CANDIDATE = "candidate"
 REJECTED = "rejected"

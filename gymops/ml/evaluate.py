@@ -5,6 +5,7 @@ is [[tn, fp], [fn, tp]] = [[good->good, good->defective], [defective->good, defe
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -121,3 +122,54 @@ def evaluate_onnx(onnx_path: Path | str, arrays: np.ndarray, labels: Sequence[An
     metrics["seconds"] = round(seconds, 3)
     metrics["ms_per_image"] = round(1000 * seconds / max(len(probs), 1), 3)
     return metrics
+
+
+# -- did a training learn? (the training step retries one that did not) -----------------------------
+MIN_BALANCED_ACCURACY = 0.6  # below this on validation the training did not learn: retry it
+COIN_TOSS_LOSS = math.log(2)  # cross-entropy of always answering 50/50
+
+
+def why_not_learned(metrics: dict, curves: list) -> str | None:
+    """Why a finished training did not learn (None if it did): a loss that is not finite, a best
+    validation loss no better than a coin toss, or a balanced accuracy below MIN_BALANCED_ACCURACY."""
+    losses = [row.get("train_loss") for row in curves]
+    if not losses or any(v is None or not math.isfinite(v) for v in losses):
+        return f"training loss is not finite ({losses[-3:]})"
+    val_losses = [row["val_loss"] for row in curves if row.get("val_loss") is not None]
+    if not val_losses or not min(val_losses) < COIN_TOSS_LOSS:
+        return (f"best validation loss {min(val_losses, default=float('nan')):.3g} never beat a coin toss "
+                f"({COIN_TOSS_LOSS:.3f})")
+    per_class = metrics.get("per_class_accuracy", {})
+    balanced = sum(per_class.values()) / max(len(per_class), 1)
+    if balanced < MIN_BALANCED_ACCURACY:
+        return f"validation balanced accuracy {balanced:.3f} < {MIN_BALANCED_ACCURACY}: no better than chance"
+    return None
+
+
+def confusion_md(confusion) -> str:
+    """The confusion matrix [[tn, fp], [fn, tp]] as a Markdown table (true rows, predicted columns)."""
+    (tn, fp), (fn, tp) = confusion
+    return ("| true \\ predicted | good | defective |\n|---|---|---|\n"
+            f"| **good** | {tn} | {fp} |\n| **defective** | {fn} | {tp} |")
+
+
+# -- champion against challenger on the frozen holdout ----------------------------------------------
+def frozen_holdout(holdout_dir: Path | str, model_type: str, size: int | None = None):
+    """(x, y) of the model type's frozen holdout (it must have been frozen already)."""
+    from gymops.ml.dataset import Holdout
+    from gymops.ml.preprocess import IMAGE_SIZE
+
+    return Holdout.freeze_or_load(holdout_dir, model_type, []).arrays(size or IMAGE_SIZE)
+
+
+def champion_holdout_accuracy(registry, holdout_dir: Path | str, model_type: str,
+                              size: int | None = None) -> tuple[str | None, float | None]:
+    """The active model's accuracy on the same frozen holdout, measured now: like with like.
+    (None, None) when nothing is active; FileNotFoundError when its artifact is gone."""
+    active = registry.active(model_type)
+    if active is None:
+        return None, None
+    if not Path(active.artifact_uri).exists():
+        raise FileNotFoundError(f"active model {active.version}: artifact {active.artifact_uri} is missing")
+    x, y = frozen_holdout(holdout_dir, model_type, size)
+    return active.version, float(evaluate_onnx(active.artifact_uri, x, y)["accuracy"])
