@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from gymops.serving.client import LaundryClient
     from gymops.serving.control import LoadFailed, ModelControl
     from gymops.serving.server import TritonServer
-    from gymops.settings import DEPLOY_HEADER, ServingSettings
+    from gymops.settings import DEPLOY_HEADER
 
     versions = build_versions()
     photos = bench_photos()

@@ -156,7 +156,6 @@ def run(onnx_files: list[Path], n: int = 200, seconds: float = 10.0, swaps: int 
     from gymops.settings import PROJECT_ROOT, load_settings
     from gymops.serving.control import ModelControl, pinned_config, template_config, write_version
     from gymops.serving.server import TritonServer
-    from gymops.settings import ServingSettings
 
     def free_port() -> int:
         with socket.socket() as s:

@@ -321,7 +321,7 @@ def triton(versions: Sequence[ModelVersion], load: int | None = 1, **config_chan
     copied from triton_models/laundry), with version ``load`` served; stop it (by PID) afterwards."""
     from gymops.serving.control import ModelControl, pinned_config, write_version
     from gymops.serving.server import TritonServer
-    from gymops.settings import DEPLOY_HEADER, ServingSettings
+    from gymops.settings import DEPLOY_HEADER
 
     tmp = Path(tempfile.mkdtemp(prefix="gymops-bench-triton-"))
     server = control = None
