@@ -178,7 +178,7 @@ def _render_pair(seed: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
     return clean, garments.render(garment, np.random.default_rng(seed), kind)
 
 
-@pytest.mark.parametrize("kind", garments.DEFECT_KINDS)
+@pytest.mark.parametrize("kind", garments.ALL_DEFECT_KINDS)
 def test_defects_are_visible_and_on_the_garment(kind):
     areas = []
     for seed in range(40):
@@ -253,3 +253,98 @@ def test_sending_is_paced_at_the_configured_rate():
     assert list(paced(range(21), rate=100)) == list(range(21))
     elapsed = time.monotonic() - began
     assert 0.19 <= elapsed < 0.5  # 20 intervals of 10 ms
+
+
+# -- new defect kinds (the first model never sees them): only from a configured day on -------------
+
+NEW_FROM = (START + timedelta(days=5)).date()
+NEW_CFG = TrafficConfig(seed=11, tasks=240, members=0, entries=0, branches=3, start=START, span=timedelta(days=10),
+                        defective_fraction=0.5, new_kinds_from=NEW_FROM, new_kind_share=0.6)
+
+
+def _tasks_with_kinds(tmp_path, name: str, cfg: TrafficConfig) -> tuple[LocalPhotoStore, list[dict], dict]:
+    kinds: dict = {}
+    store, events = run(tmp_path, name, cfg, defects=kinds)
+    return store, by_type(events, "TaskConfirmedEvent"), kinds
+
+
+def test_new_kinds_appear_only_from_the_configured_day(tmp_path):
+    store, tasks, kinds = _tasks_with_kinds(tmp_path, "new", NEW_CFG)
+    old_store, old_tasks, old_kinds = _tasks_with_kinds(
+        tmp_path, "old", TrafficConfig(**{**NEW_CFG.__dict__, "new_kinds_from": None}))
+    assert set(kinds) == {e["taskId"] for e in tasks}
+    day = datetime(NEW_FROM.year, NEW_FROM.month, NEW_FROM.day, tzinfo=timezone.utc)
+    before = [e for e in tasks if datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")) < day]
+    after = [e for e in tasks if e not in before]
+    assert 80 < len(before) < 160
+    assert {kinds[e["taskId"]] for e in before} <= {None, *garments.DEFECT_KINDS}
+    after_kinds = Counter(kinds[e["taskId"]] for e in after if e["finalResult"] == DEFECTIVE)
+    assert set(garments.NEW_DEFECT_KINDS) <= set(after_kinds) and set(after_kinds) & set(garments.DEFECT_KINDS)
+    share = sum(after_kinds[k] for k in garments.NEW_DEFECT_KINDS) / sum(after_kinds.values())
+    assert 0.4 < share < 0.8, share  # new_kind_share = 0.6 of ~60 defective photos
+    for e in tasks:  # labels are the truth, good photos carry no kind, and managers name the new kinds
+        assert (kinds[e["taskId"]] is None) == (e["finalResult"] == GOOD)
+        if e["corrected"] and kinds[e["taskId"]] in garments.NEW_DEFECT_KINDS:
+            assert any(w in e["correctionReason"] for w in ("구멍", "곰팡이", "Hole", "hole", "Mould", "Mildew"))
+    # Without the setting, and before the day with it, every event and photo is what it was.
+    assert set(old_kinds.values()) <= {None, *garments.DEFECT_KINDS}
+    for new, old in zip(tasks, old_tasks):
+        assert (new["taskId"], new["finalResult"], new["timestamp"]) == (old["taskId"], old["finalResult"], old["timestamp"])
+        same = store.get(new["photoUrl"]) == old_store.get(old["photoUrl"])
+        assert same == (kinds[new["taskId"]] == old_kinds[old["taskId"]] or new["finalResult"] == GOOD), new["taskId"]
+        if new in before:
+            assert same and kinds[new["taskId"]] == old_kinds[old["taskId"]]
+
+
+def test_new_kinds_are_deterministic_in_the_seed(tmp_path):
+    cfg = TrafficConfig(**{**NEW_CFG.__dict__, "tasks": 60, "new_kinds_from": START.date(), "new_kind_share": 1.0})
+    store1, tasks1, kinds1 = _tasks_with_kinds(tmp_path, "a", cfg)
+    store2, tasks2, kinds2 = _tasks_with_kinds(tmp_path, "b", cfg)
+    assert kinds1 == kinds2 and {k for k in kinds1.values() if k} == set(garments.NEW_DEFECT_KINDS)
+    for e1, e2 in zip(tasks1, tasks2):
+        assert store1.get(e1["photoUrl"]) == store2.get(e2["photoUrl"])
+    _, _, other = _tasks_with_kinds(tmp_path, "c", TrafficConfig(**{**cfg.__dict__, "seed": 12}))
+    assert list(other.values()) != list(kinds1.values())
+    rng1, rng2 = np.random.default_rng(9), np.random.default_rng(9)
+    for _ in range(10):
+        a = garments.linen_photo(rng1, defective=True, kinds=garments.NEW_DEFECT_KINDS)
+        b = garments.linen_photo(rng2, defective=True, kinds=garments.NEW_DEFECT_KINDS)
+        assert a.defect == b.defect and np.array_equal(a.image, b.image)
+
+
+def test_new_kind_settings_are_checked():
+    with pytest.raises(ValueError, match="time zone"):
+        TrafficConfig(new_kinds_from=datetime(2025, 1, 1))
+    with pytest.raises(ValueError, match="new_kind_share"):
+        TrafficConfig(new_kinds_from=START.date(), new_kind_share=1.5)
+    assert TrafficConfig(new_kinds_from=START.date()).new_kinds_start == START
+    assert TrafficConfig(new_kinds_from=START + timedelta(hours=3)).new_kinds_start == START + timedelta(hours=3)
+    with pytest.raises(ValueError, match="kinds"):
+        garments.linen_photo(np.random.default_rng(0), kinds=("burn",))
+
+
+def _changed(kind: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    clean, damaged = _render_pair(seed, kind)
+    return clean, damaged, np.abs(clean.astype(int) - damaged.astype(int)).max(axis=2) > 40
+
+
+def test_new_kinds_look_unlike_a_good_photo_and_the_old_kinds():
+    from scipy import ndimage
+
+    fill = {kind: [] for kind in ("stain", "mould")}
+    table_seen = 0
+    for seed in range(30):
+        for kind in fill:  # mould is specks with cloth between them, a stain one solid blob
+            changed = _changed(kind, seed)[2]
+            outline = ndimage.binary_fill_holes(ndimage.binary_closing(changed, iterations=3))
+            fill[kind].append(changed.sum() / max(outline.sum(), 1))
+        clean, damaged, changed = _changed("hole", seed)
+        background = np.median(np.concatenate([clean[:2].reshape(-1, 3), clean[-2:].reshape(-1, 3)]), axis=0)
+        # inside a hole the table shows: changed pixels close to the table's colour (within the light's
+        # shading, which varies across the photo), where the good photo had cloth
+        near_table = np.abs(damaged.astype(float) - background).sum(axis=2) < 60
+        cloth_before = np.abs(clean.astype(float) - background).sum(axis=2) > 90
+        table_seen += bool((changed & near_table & cloth_before).sum() >= 5)
+        assert np.abs(clean.astype(float) - damaged).mean() > 0.1, seed  # a good photo differs from it
+    assert np.median(fill["mould"]) < 0.8 < 0.9 < np.median(fill["stain"]), fill
+    assert table_seen >= 15, table_seen  # garments as pale as the table hide some holes' insides

@@ -3,6 +3,13 @@
 No package ships photos of stained or torn textiles, so the garments are real and the defects
 (stain, tear, discolouration) are drawn procedurally on a known subset: the ground truth is exact.
 All randomness comes from the numpy Generator passed in, so a seed reproduces every pixel.
+
+NEW_DEFECT_KINDS (hole, mould) are kinds the first model never sees: the traffic simulator draws
+them only from a configured day on (TrafficConfig.new_kinds_from), so a benchmark can measure
+whether managers' corrections teach the loop something it did not know. They are drawn to look
+unlike the old kinds: a hole shows the table through the cloth (light, with a dark cut edge), where
+a tear is a dark gap along a line; mould is clusters of tiny dark speckles, where a stain is one
+smooth brown-yellow blob.
 """
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from gymops.ingest.events import DEFECTIVE, GOOD
 
@@ -21,7 +28,9 @@ DATASET_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
 # Fashion-MNIST classes that are linen a gym washes (no sandals, bags, sneakers, boots).
 GARMENT_CLASSES = {0: "t-shirt", 1: "trouser", 2: "pullover", 3: "dress", 4: "coat", 6: "shirt"}
-DEFECT_KINDS = ("stain", "tear", "discolouration")
+DEFECT_KINDS = ("stain", "tear", "discolouration")  # what photos carry by default (the first model's kinds)
+NEW_DEFECT_KINDS = ("hole", "mould")  # drawn only when asked for: kinds the first model never sees
+ALL_DEFECT_KINDS = DEFECT_KINDS + NEW_DEFECT_KINDS
 SIZE = 128
 _TEX = 2 * SIZE  # shared textures are this big; each photo takes a random crop
 
@@ -33,7 +42,7 @@ class DatasetMissing(FileNotFoundError):
 class LinenPhoto(NamedTuple):
     image: np.ndarray  # uint8, (SIZE, SIZE, 3) RGB
     label: str  # "good" | "defective"
-    defect: str | None  # one of DEFECT_KINDS when defective
+    defect: str | None  # one of ALL_DEFECT_KINDS when defective
 
 
 def _read_idx(path: Path, offset: int) -> np.ndarray:
@@ -141,7 +150,7 @@ def _under(patch: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return (patch * w).sum(axis=(0, 1)) / max(float(w.sum()), 1e-6)
 
 
-def _stain(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator) -> None:
+def _stain(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator, background: np.ndarray) -> None:
     cy, cx = _on_garment(rng, alpha, 4)
     ys, xs, field = _soft_blob(rng, cy, cx, rng.uniform(4, 11), int(rng.integers(3, 7)), int(rng.integers(0, 4)))
     a = _smoothstep(field, 0.3, 0.8) * alpha[ys, xs]
@@ -158,7 +167,7 @@ def _stain(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator) -> None
     patch *= (1 - 0.25 * k * rim)[..., None]
 
 
-def _tear(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator) -> None:
+def _tear(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator, background: np.ndarray) -> None:
     cy, cx = _on_garment(rng, alpha, 2)
     core = Image.new("L", (SIZE, SIZE))
     fringe = Image.new("L", (SIZE, SIZE))
@@ -190,7 +199,7 @@ def _tear(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator) -> None:
     img += (np.float32(rng.uniform(0.05, 0.18)) - img) * a_core[..., None]  # the dark gap
 
 
-def _discolouration(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator) -> None:
+def _discolouration(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator, background: np.ndarray) -> None:
     cy, cx = _on_garment(rng, alpha, 6)
     ys, xs, field = _soft_blob(rng, cy, cx, rng.uniform(12, 24), int(rng.integers(3, 6)))
     a = _smoothstep(field, 0.2, 0.9) * alpha[ys, xs]
@@ -202,7 +211,67 @@ def _discolouration(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator
     patch += (target - patch) * (a * rng.uniform(0.65, 0.9))[..., None]
 
 
-_DEFECTS = {"stain": _stain, "tear": _tear, "discolouration": _discolouration}
+def _hole(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator, background: np.ndarray) -> None:
+    """A punched-out hole: the table shows through, shadowed on one side by the cloth above it,
+    framed by a dark cut edge and lighter frayed thread ends. Its outline is a circle bent by a few
+    low harmonics, so holes go from round to irregular."""
+    cy, cx = _on_garment(rng, alpha, 6)
+    r = rng.uniform(3.5, 8.0)
+    harmonics = rng.uniform(0, 0.18, 3) / np.arange(1, 4)
+    phases = rng.uniform(0, 2 * np.pi, 3)
+    threads, thread_phase = int(rng.integers(7, 15)), rng.uniform(0, 2 * np.pi)
+    shift, towards = rng.uniform(1.0, 2.2), rng.uniform(0, 2 * np.pi)  # the light's direction
+    sy, sx = shift * np.sin(towards), shift * np.cos(towards)
+    pad = int(r * 1.6) + 5
+    y0, y1 = max(0, cy - pad), min(SIZE, cy + pad)
+    x0, x1 = max(0, cx - pad), min(SIZE, cx + pad)
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+
+    def outside(dy: float, dx: float) -> tuple[np.ndarray, np.ndarray]:
+        """(signed distance in px beyond the outline, angle) of each pixel, outline moved by dy, dx."""
+        theta = np.arctan2(yy - cy - dy, xx - cx - dx)
+        bend = sum(h * np.cos((k + 1) * theta + p) for k, (h, p) in enumerate(zip(harmonics, phases)))
+        return np.hypot(yy - cy - dy, xx - cx - dx) - r * (1 + bend), theta
+
+    d, theta = outside(0.0, 0.0)
+    a = alpha[y0:y1, x0:x1]
+    inside = np.clip(0.5 - d, 0, 1) * a
+    lit = np.clip(0.5 - outside(sy, sx)[0], 0, 1)  # the part of the hole the cloth does not shade
+    fray = np.clip(1 + 1.6 * np.cos(threads * theta + thread_phase), 0, 2.6)  # thread ends stick out
+    edge = np.clip(1 - np.abs(d - 0.6) / 1.3, 0, 1) * a
+    frayed = np.clip(1 - (d - 1.2) / np.maximum(fray, 0.3), 0, 1) * (d > 1.2) * a
+    patch = img[y0:y1, x0:x1]
+    patch *= (1 - 0.55 * edge)[..., None]  # the cut edge: the cloth's thickness in shadow
+    patch += (np.float32(0.9) - patch) * (0.4 * frayed)[..., None]
+    table = background[y0:y1, x0:x1] * (0.62 + 0.38 * lit)[..., None]
+    patch += (table - patch) * inside[..., None]
+
+
+def _mould(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator, background: np.ndarray) -> None:
+    """Mildew: a few clusters of tiny speckles, dense at their centre and sparse outside, over a
+    faint damp halo. Dark grey-green on light cloth, a pale grey bloom on dark cloth. Grainy where a
+    stain is one smooth blob."""
+    cy, cx = _on_garment(rng, alpha, 5)
+    dots = Image.new("L", (2 * SIZE, 2 * SIZE))
+    draw = ImageDraw.Draw(dots)
+    for _ in range(int(rng.integers(2, 5))):
+        ccy, ccx = np.array([cy, cx]) + rng.normal(0, 6, 2)
+        n = int(rng.integers(12, 32))
+        pts = rng.normal(0, rng.uniform(2.5, 5.5), (n, 2)) + (ccy, ccx)
+        for (py, px), pr in zip(pts * 2, rng.uniform(0.5, 1.3, n) * 2):
+            draw.ellipse((px - pr, py - pr, px + pr, py + pr), fill=255)
+    speckle = np.asarray(dots.resize((SIZE, SIZE), Image.BOX), np.float32) / 255
+    halo = np.asarray(dots.resize((SIZE, SIZE), Image.BOX).filter(ImageFilter.GaussianBlur(3)), np.float32) / 255
+    speckle, halo = speckle * alpha, np.clip(halo * 2.5, 0, 1) * alpha
+    if _under(img, speckle).mean() < 0.35:
+        colour = np.array([0.78, 0.8, 0.72], np.float32) * np.float32(rng.uniform(0.9, 1.05))
+    else:
+        colour = np.array([0.14, 0.19, 0.12], np.float32) * np.float32(rng.uniform(0.7, 1.3))
+    k = rng.uniform(0.8, 0.95)
+    img += (colour - img) * (speckle * k + halo * 0.12)[..., None]
+
+
+_DEFECTS = {"stain": _stain, "tear": _tear, "discolouration": _discolouration, "hole": _hole, "mould": _mould}
 
 
 def _print_holes(garment: np.ndarray) -> np.ndarray | None:
@@ -221,7 +290,7 @@ def _print_holes(garment: np.ndarray) -> np.ndarray | None:
 def render(garment: np.ndarray, rng: np.random.Generator, defect: str | None = None) -> np.ndarray:
     """One RGB photo (uint8, SIZE x SIZE) of a 28x28 grey garment on fabric, with ``defect`` drawn."""
     if defect is not None and defect not in _DEFECTS:
-        raise ValueError(f"unknown defect {defect!r} (expected one of {', '.join(DEFECT_KINDS)})")
+        raise ValueError(f"unknown defect {defect!r} (expected one of {', '.join(ALL_DEFECT_KINDS)})")
     fabric, noise, _ = _textures()
     scale = int(rng.integers(int(SIZE * 0.75), int(SIZE * 0.95) + 1))
     oy, ox = rng.integers(0, SIZE - scale + 1, 2)
@@ -236,12 +305,13 @@ def render(garment: np.ndarray, rng: np.random.Generator, defect: str | None = N
     tint = _hsv_to_rgb(rng.random(), rng.uniform(0.25, 0.9), rng.uniform(0.45, 0.95))
     cloth = _crop(fabric, rng)
     shade = (0.35 + 0.75 * v) * (0.6 + 0.4 * _crop(fabric, rng))
-    img = cloth[..., None] * bg_tint * (1 - alpha[..., None]) + (shade[..., None] * tint) * alpha[..., None]
+    background = cloth[..., None] * bg_tint  # the bare table, which a hole shows through
+    img = background * (1 - alpha[..., None]) + (shade[..., None] * tint) * alpha[..., None]
     # The defect draws from a generator of its own, so the same rng state renders the same photo
     # with and without it (the tests compare such pairs).
     defect_rng = np.random.default_rng(int(rng.integers(1 << 62)))
     if defect is not None:
-        _DEFECTS[defect](img, alpha, defect_rng)
+        _DEFECTS[defect](img, alpha, defect_rng, background)
     gy, gx = rng.uniform(-0.12, 0.12, 2)  # uneven light across the table
     light = 1 + gy * np.linspace(-1, 1, SIZE, dtype=np.float32)[:, None] + gx * np.linspace(-1, 1, SIZE, dtype=np.float32)
     img *= (light * rng.uniform(0.9, 1.05))[..., None]
@@ -254,13 +324,17 @@ def linen_photo(
     defective: bool | None = None,
     defective_fraction: float = 0.3,
     split: str = "train",
+    kinds: tuple[str, ...] = DEFECT_KINDS,
 ) -> LinenPhoto:
-    """A random garment photo; defective with probability ``defective_fraction`` unless forced."""
+    """A random garment photo; defective with probability ``defective_fraction`` unless forced,
+    its defect one of ``kinds`` (by default the old kinds, so existing seeds render as before)."""
+    if not kinds or set(kinds) - set(_DEFECTS):
+        raise ValueError(f"kinds must be some of {', '.join(ALL_DEFECT_KINDS)}, got {kinds!r}")
     images, _ = load_garments(split)
     garment = images[rng.integers(len(images))]
     if defective is None:
         defective = bool(rng.random() < defective_fraction)
-    defect = DEFECT_KINDS[int(rng.integers(len(DEFECT_KINDS)))] if defective else None
+    defect = kinds[int(rng.integers(len(kinds)))] if defective else None
     image = render(garment, rng, defect)
     return LinenPhoto(image, DEFECTIVE if defective else GOOD, defect)
 

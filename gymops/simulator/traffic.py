@@ -3,6 +3,10 @@
 Everything derives from the seed: ids, eventIds (uuid5), timestamps, photos. Each event draws from
 its own Generator (seed, stream, index), so changing one count or plugging in an AI model does not
 change the other events. Photos are written to the PhotoStore as the iterator is consumed.
+
+New defect kinds (garments.NEW_DEFECT_KINDS, which the first model never sees) appear from
+``TrafficConfig.new_kinds_from`` on: whether a defective task carries one is drawn from a stream of
+its own, so without that setting, and before that day, every event and photo is what it was.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import os
 import tempfile
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -24,18 +28,20 @@ from gymops.ingest.events import (
 )
 from gymops.storage.photos import PhotoStore
 from gymops.simulator.faces import face_photo
-from gymops.simulator.garments import encode_jpeg, linen_photo
+from gymops.simulator.garments import DEFECT_KINDS, NEW_DEFECT_KINDS, encode_jpeg, linen_photo
 
 AiVerdict = Callable[[bytes], "tuple[str, str]"]  # photo bytes -> (label, model version)
 NO_MODEL = "none"
 _NAMESPACE = uuid.UUID("6f1d3c52-8a47-4f0e-9a51-2c0d7e3b9a10")
-_STREAMS = {"user": 1, "task": 2, "entry": 3, "verdict": 4}
+_STREAMS = {"user": 1, "task": 2, "entry": 3, "verdict": 4, "kind": 5}
 
 # What a branch manager writes when correcting the AI, by the truth and the defect kind.
 _REASONS = {
     "stain": ["얼룩이 남아 있음", "커피 얼룩 제거 안 됨", "Stain still visible after washing", "Yellow stain near the hem"],
     "tear": ["찢어진 부분 발견", "솔기 부분 뜯어짐", "Small tear near the seam", "Hole in the fabric"],
     "discolouration": ["변색됨", "표백 얼룩으로 색이 바램", "Faded, bleached patch", "Discoloured after washing"],
+    "hole": ["구멍이 뚫려 있음", "천에 동그란 구멍", "Hole punched through the fabric", "Round hole, the table shows through"],
+    "mould": ["곰팡이 반점", "검은 곰팡이 얼룩", "Mould spots", "Mildew speckles, smells damp"],
     GOOD: ["이상 없음, 정상 세탁 확인", "그림자를 얼룩으로 오인", "No defect; a shadow was read as a stain", "Clean, print mistaken for damage"],
 }
 
@@ -53,6 +59,11 @@ class TrafficConfig:
     start: datetime | None = None  # default: today 00:00 UTC minus span (same events all day)
     span: timedelta = field(default=timedelta(days=7))
     jpeg_quality: int = 90
+    # From this day (a date: 00:00 UTC; or a zone-aware instant) on, a share ``new_kind_share`` of
+    # the DEFECTIVE tasks carry a new defect kind instead of an old one (the defective fraction
+    # stays). None: never, and every event is what it was before new kinds existed.
+    new_kinds_from: date | None = None
+    new_kind_share: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("tasks", "members", "entries"):
@@ -60,7 +71,7 @@ class TrafficConfig:
                 raise ValueError(f"{name} must be >= 0")
         if self.branches < 1 or (self.helpers is not None and self.helpers < 1):
             raise ValueError("branches and helpers must be >= 1")
-        for name in ("defective_fraction", "ai_error_rate"):
+        for name in ("defective_fraction", "ai_error_rate", "new_kind_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1]")
         if self.span <= timedelta(0):
@@ -69,6 +80,18 @@ class TrafficConfig:
             raise ValueError("start must carry a time zone")
         if self.entries and not self.members and not self.helpers:
             raise ValueError("entries need enrolled users (members or helpers)")
+        if isinstance(self.new_kinds_from, datetime) and self.new_kinds_from.tzinfo is None:
+            raise ValueError("new_kinds_from must carry a time zone (or be a date)")
+        if self.new_kinds_from is not None and not isinstance(self.new_kinds_from, date):
+            raise ValueError(f"new_kinds_from must be a date or datetime, got {self.new_kinds_from!r}")
+
+    @property
+    def new_kinds_start(self) -> datetime | None:
+        """The first instant new defect kinds may appear (UTC), or None."""
+        when = self.new_kinds_from
+        if when is None or isinstance(when, datetime):
+            return when
+        return datetime(when.year, when.month, when.day, tzinfo=timezone.utc)
 
     @property
     def helper_count(self) -> int:
@@ -117,11 +140,15 @@ def generate(
     cfg: TrafficConfig = TrafficConfig(),
     ai_verdict: AiVerdict | None = None,
     now: datetime | None = None,
+    defects: dict[str, str | None] | None = None,
 ) -> Iterator[dict]:
     """Wire dicts in timestamp order: enrolments (first 20% of the span), then tasks and entries.
 
     ``ai_verdict`` plays the deployed laundry model; without one ("no model yet") the AI's verdict
     is the truth flipped with probability ``cfg.ai_error_rate`` and aiModelVersion is "none".
+    ``defects``, when given, receives taskId -> the defect kind drawn on its photo (None when good):
+    the ground truth a benchmark scores recall per kind with, which the Helper service's event does
+    not carry (its contract has no such field).
     """
     start, end = cfg.window(now)
     enrol_len = (end - start) * 0.2
@@ -139,7 +166,7 @@ def generate(
         for i in range(cfg.tasks):
             rng = _rng(cfg, "task", i)
             ts = _at(start, end - start, i, cfg.tasks, rng)
-            yield ts, 1, i, partial(_task, cfg, store, rng, i, ts, helpers, ai_verdict)
+            yield ts, 1, i, partial(_task, cfg, store, rng, i, ts, helpers, ai_verdict, defects)
 
     def entries() -> Iterator[tuple]:
         for j in range(cfg.entries):
@@ -160,13 +187,24 @@ def _enrolment(cfg, store, rng, i, ts, user) -> UserCreatedEvent:
     )
 
 
-def _task(cfg, store, rng, i, ts, helpers, ai_verdict) -> TaskConfirmedEvent:
+def _kinds(cfg: TrafficConfig, i: int, ts: datetime) -> tuple[str, ...]:
+    """The kinds task ``i``'s defect (if it has one) is drawn from: the new ones with probability
+    new_kind_share from new_kinds_start on. Drawn from the "kind" stream, never from the task's."""
+    start = cfg.new_kinds_start
+    if start is None or ts < start:
+        return DEFECT_KINDS
+    return NEW_DEFECT_KINDS if _rng(cfg, "kind", i).random() < cfg.new_kind_share else DEFECT_KINDS
+
+
+def _task(cfg, store, rng, i, ts, helpers, ai_verdict, defects=None) -> TaskConfirmedEvent:
     branch = branch_id(int(rng.integers(cfg.branches)))
     pool = helpers[branch] or [u for us in helpers.values() for u in us]
     helper = pool[int(rng.integers(len(pool)))]
-    photo = linen_photo(rng, defective_fraction=cfg.defective_fraction)
+    photo = linen_photo(rng, defective_fraction=cfg.defective_fraction, kinds=_kinds(cfg, i, ts))
     data = encode_jpeg(photo.image, cfg.jpeg_quality)
     task_id = f"t{cfg.seed}-{i:06d}"
+    if defects is not None:
+        defects[task_id] = photo.defect
     url = store.put(f"tasks/{branch}/{task_id}.jpg", data)
     verdict_rng = _rng(cfg, "verdict", i)  # a stream of its own: plugging in a model changes nothing else
     if ai_verdict is None:
