@@ -51,6 +51,7 @@ def test_the_readme_shows_the_operator_commands():
     shown = {" ".join(path) for path in README_COMMANDS}
     for command in ("setup", "ingest file", "ingest send", "ingest consume", "ingest serve", "deadletters list",
                     "deadletters replay", "history", "simulate", "demo", "models rollback", "models reconcile",
+                    "models list", "models show",
                     "serving start", "serving stop", "serving status", "serving setup", "s3 start", "s3 stop"):
         assert command in shown, f"README shows no `gymops {command}`"
 
@@ -124,3 +125,59 @@ def test_a_bad_setting_exits_2_and_names_the_variable():
     assert out.returncode == 2, out.stdout + out.stderr
     assert "GYMOPS_BATCH_SIZE" in out.stderr and "Traceback" not in out.stderr
     assert _gymops("history", "--help", env=_env(GYMOPS_BATCH_SIZE="abc")).returncode == 0  # help needs no settings
+
+
+def test_models_list_and_show_read_a_registry(tmp_path, capsys):
+    """`gymops models list|show` against a real (temporary) registry, settings given explicitly."""
+    from gymops.db import engine_for
+    from gymops.lifecycle.registry import ModelRegistry
+    from gymops.settings import Settings
+
+    settings = Settings(profile="embedded", home=tmp_path / "home")
+    registry = ModelRegistry(engine_for(settings))
+    parser = build_parser()
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        args = parser.parse_args(list(argv))
+        code = args.handler(settings, args)
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    assert run("models", "list") == (0, "laundry: no model versions registered (that are not archived)\n", "")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"weights")
+    holdout = {"accuracy": 0.927, "per_class_accuracy": {"good": 0.933, "defective": 0.92}}
+    v1 = registry.register_candidate("laundry", "efficientnet_lite0", {"val": {"accuracy": 0.95}, "holdout": holdout},
+                                     "DS-2026-11-01", "run-abc", str(model))
+    registry.activate("laundry", v1.version)
+    v2 = registry.register_candidate("laundry", "efficientnet_lite0", {}, "DS-2", "run-def", "s3://m/2.onnx",
+                                     parent_version=v1.version)
+    registry.reject("laundry", v2.version, [{"gate": "accuracy", "check": "holdout", "message": "too low"}])
+    for _ in range(10):  # enough newer versions for 1.1.0 (rejected) to be archived
+        registry.register_candidate("laundry", "efficientnet_lite0", {}, "DS-x", "run-x", "s3://m/x.onnx")
+    for mv in registry.history("laundry", limit=100)[:10]:
+        registry.set_status("laundry", mv.version, "rejected")
+    assert registry.archive_beyond("laundry", keep=10) == ["1.1.0"]
+
+    code, out, _ = run("models", "list")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["VERSION", "TRITON", "STATUS", "VAL", "HOLDOUT", "GOOD", "DEFECTIVE",
+                                               "DATASET", "RUN", "PARENT", "TRAINED", "DEPLOYED"]
+    first = next(line for line in lines if line.startswith("1.0.0 "))
+    assert first.split()[:10] == ["1.0.0", "1", "active", "0.950", "0.927", "0.933", "0.920", "DS-2026-11-01",
+                                  "run-abc", "-"]
+    assert not any(line.startswith("1.1.0 ") for line in lines) and len(lines) == 1 + 11
+    code, out, _ = run("models", "list", "--all", "--model-type", "laundry")
+    archived = next(line for line in out.splitlines() if line.startswith("1.1.0 "))
+    assert archived.split()[2] == "archived" and "1.0.0" in archived.split()  # its parent
+    assert run("models", "list", "--model-type", "face")[1].startswith("face: no model versions")
+
+    code, out, _ = run("models", "show", "1.0.0")
+    shown = json.loads(out)
+    assert code == 0 and shown["status"] == "active" and shown["metrics"]["holdout"] == holdout
+    assert (shown["dataset_id"], shown["run_id"], shown["parent_version"]) == ("DS-2026-11-01", "run-abc", None)
+    assert shown["artifact_sha256"] and shown["deployed_at"].startswith(shown["trained_at"][:4])
+    shown = json.loads(run("models", "show", "1.1.0", "--model-type", "laundry")[1])
+    assert (shown["status"], shown["parent_version"], shown["artifact_sha256"]) == ("archived", "1.0.0", None)
+    code, _, err = run("models", "show", "9.9.9")
+    assert code == 1 and "9.9.9 is not in the registry" in err

@@ -1,5 +1,6 @@
 """The model registry on both profiles (SQLite and PostgreSQL): version numbering, Triton version
 folders, activation, transitions, rollback, archiving and concurrent registrations."""
+import hashlib
 import threading
 
 import pytest
@@ -7,8 +8,8 @@ import sqlalchemy as sa
 
 from gymops.db import engine_for
 from gymops.lifecycle.outbox import outbox
-from gymops.lifecycle.registry import (IllegalTransition, ModelRegistry, RegistryError, VersionNotFound, model_versions,
-                             next_version)
+from gymops.lifecycle.registry import (IllegalTransition, ModelRegistry, RegistryError, VersionNotFound,
+                                      artifact_digest, model_versions, next_version)
 
 LITE = "efficientnet_lite0"
 RESNET = "resnet50"
@@ -29,10 +30,10 @@ def registry(engine):
     return ModelRegistry(engine)
 
 
-def register(registry, architecture=LITE, bump="minor", model_type="laundry", parent=None, acc=0.93):
+def register(registry, architecture=LITE, bump="minor", model_type="laundry", parent=None, acc=0.93, **kw):
     return registry.register_candidate(model_type, architecture, {"holdout": {"accuracy": acc}}, "DS-1", "run-1",
                                        f"file:///models/{model_type}/{architecture}.onnx", parent_version=parent,
-                                       bump=bump)
+                                       bump=bump, **kw)
 
 
 def test_next_version_rules():
@@ -148,21 +149,129 @@ def test_archive_keeps_the_newest_ten_and_never_the_active(registry):
     assert statuses["1.11.0"] == "rolled_back" and statuses["1.4.0"] == "retired"
 
 
-def test_concurrent_registrations_get_distinct_versions(registry):
+def in_threads(work, threads: int, each: int = 1) -> list:
+    """``work()`` called ``each`` times in each of ``threads`` threads at once; its results (the
+    first exception, if any, is raised)."""
     results, errors = [], []
 
     def worker():
         try:
-            for _ in range(3):
-                results.append(register(registry))
+            for _ in range(each):
+                results.append(work())
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
+    running = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in running:
         t.start()
-    for t in threads:
+    for t in running:
         t.join()
     assert not errors, errors
+    return results
+
+
+def test_concurrent_registrations_get_distinct_versions(registry):
+    results = in_threads(lambda: register(registry), threads=8, each=3)
     assert sorted(r.triton_version for r in results) == list(range(1, 25))
     assert {r.version for r in results} == {f"1.{i}.0" for i in range(24)}
+
+
+# -- one version per trained artifact ----------------------------------------------------------------
+
+def onnx_file(tmp_path, name: str, content: bytes):
+    path = tmp_path / name
+    path.write_bytes(content)
+    return path
+
+
+def test_an_artifact_is_registered_once(registry, tmp_path):
+    model = onnx_file(tmp_path, "model.onnx", b"onnx weights A")
+    first = registry.register_candidate("laundry", LITE, {"holdout": {"accuracy": 0.90}}, "DS-1", "run-1", str(model))
+    assert first.artifact_sha256 == hashlib.sha256(b"onnx weights A").hexdigest()
+    # a re-evaluation (another run, other gate settings; the file under another name or as a URI)
+    copy = onnx_file(tmp_path, "copy.onnx", b"onnx weights A")
+    again = registry.register_candidate("laundry", LITE, {"holdout": {"accuracy": 0.91}}, "DS-1", "run-2",
+                                        f"file://{copy}")
+    assert (again.version, again.triton_version, again.status) == (first.version, first.triton_version, "candidate")
+    assert again.metrics == {"holdout": {"accuracy": 0.91}}  # the newer evaluation's figures
+    assert (again.run_id, again.dataset_id, again.artifact_uri) == ("run-1", "DS-1", str(model))  # lineage stays
+    assert [v.version for v in registry.history("laundry")] == ["1.0.0"]
+    other = registry.register_candidate("laundry", LITE, {}, "DS-2", "run-3", str(onnx_file(tmp_path, "b.onnx", b"B")))
+    assert other.version == "1.1.0"
+    assert registry.find_artifact("laundry", copy).version == "1.0.0"
+    assert registry.find_artifact("laundry", first.artifact_sha256).version == "1.0.0"
+    assert registry.find_artifact("laundry", tmp_path / "missing.onnx") is None
+    assert registry.find_artifact("face", model) is None  # per model type
+    face = registry.register_candidate("face", "mobilefacenet", {}, None, None, str(model))
+    assert (face.model_type, face.version) == ("face", "1.0.0")
+
+
+def test_a_rejected_artifact_registered_again_is_re_evaluated(registry, tmp_path):
+    model = onnx_file(tmp_path, "model.onnx", b"weights")
+    v = registry.register_candidate("laundry", LITE, {"holdout": {"accuracy": 0.80}}, "DS-1", "run-1", str(model))
+    registry.reject("laundry", v.version, [{"gate": "accuracy", "check": "holdout", "message": "0.80 < 0.88"}])
+    again = registry.register_candidate("laundry", LITE, {"holdout": {"accuracy": 0.80}}, "DS-1", "run-2", str(model))
+    assert (again.version, again.status) == (v.version, "candidate") and "re-evaluated" in again.status_reason
+    active = registry.activate("laundry", again.version)
+    assert active.status == "active"
+    served = registry.register_candidate("laundry", LITE, {"holdout": {"accuracy": 0.5}}, "DS-1", "run-3", str(model))
+    assert (served.version, served.status, served.metrics) == (v.version, "active", {"holdout": {"accuracy": 0.80}})
+    assert [x.version for x in registry.history("laundry")] == [v.version]
+
+
+def test_artifacts_that_cannot_be_read_are_never_merged(registry, tmp_path):
+    remote = [registry.register_candidate("laundry", LITE, {}, "DS", "run", "s3://models/m.onnx") for _ in range(2)]
+    missing = [registry.register_candidate("laundry", LITE, {}, "DS", "run", str(tmp_path / "gone.onnx")) for _ in range(2)]
+    assert [v.version for v in remote + missing] == ["1.0.0", "1.1.0", "1.2.0", "1.3.0"]
+    assert {v.artifact_sha256 for v in remote + missing} == {None}
+    given = registry.register_candidate("laundry", LITE, {}, "DS", "run", "s3://models/m.onnx", artifact_sha256="ab" * 32)
+    assert registry.register_candidate("laundry", LITE, {}, "DS", "run", "s3://x.onnx",
+                                       artifact_sha256="ab" * 32).version == given.version
+    with pytest.raises(ValueError, match="sha256"):
+        registry.register_candidate("laundry", LITE, {}, "DS", "run", "s3://x.onnx", artifact_sha256="not-a-digest")
+    assert artifact_digest(tmp_path) is None  # a folder is not an artifact
+
+
+def test_concurrent_registrations_of_one_artifact_get_one_version(registry, tmp_path):
+    model = onnx_file(tmp_path, "model.onnx", b"the same weights")
+    results = in_threads(lambda: registry.register_candidate("laundry", LITE, {}, "DS-1", "run-1", str(model)), threads=6)
+    assert [r.version for r in results] == ["1.0.0"] * 6
+
+
+def test_a_table_from_before_gains_the_artifact_column(tmp_path):
+    """An existing model_versions table without artifact_sha256 (created by an older release) is
+    migrated in place; its rows stay and are never merged."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    old = sa.MetaData()
+    legacy = sa.Table("model_versions", old, *[sa.Column(c.name, c.type, primary_key=c.primary_key,
+                                                          nullable=c.nullable)
+                                               for c in model_versions.columns if c.name != "artifact_sha256"])
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(legacy.insert().values(
+            model_type="laundry", version="1.0.0", major=1, minor=0, patch=0, triton_version=1, architecture=LITE,
+            metrics={}, artifact_uri=str(tmp_path / "m.onnx"), trained_at=sa.func.now(), status="candidate",
+            updated_at=sa.func.now()))
+    (tmp_path / "m.onnx").write_bytes(b"old weights")
+    registry = ModelRegistry(engine)
+    ModelRegistry(engine)  # a second process starting: nothing left to do
+    assert registry.get("laundry", "1.0.0").artifact_sha256 is None
+    assert "model_versions_type_artifact" in {i["name"] for i in sa.inspect(engine).get_indexes("model_versions")}
+    again = registry.register_candidate("laundry", LITE, {}, None, None, str(tmp_path / "m.onnx"))
+    assert again.version == "1.1.0" and again.artifact_sha256 is not None
+    assert registry.register_candidate("laundry", LITE, {}, None, None, str(tmp_path / "m.onnx")).version == "1.1.0"
+
+
+def test_the_artifact_column_is_added_back_on_both_profiles(engine):
+    """The same in-place migration on SQLite and PostgreSQL: without the column and its index, a
+    registry starting up adds them (rows kept)."""
+    registry = ModelRegistry(engine)
+    register(registry)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX model_versions_type_artifact")
+        conn.exec_driver_sql("ALTER TABLE model_versions DROP COLUMN artifact_sha256")
+    assert "artifact_sha256" not in {c["name"] for c in sa.inspect(engine).get_columns("model_versions")}
+    registry = ModelRegistry(engine)
+    assert registry.get("laundry", "1.0.0").artifact_sha256 is None
+    assert register(registry, artifact_sha256="cd" * 32).version == "1.1.0"
+    assert register(registry, artifact_sha256="cd" * 32).version == "1.1.0"

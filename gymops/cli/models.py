@@ -1,8 +1,76 @@
-"""`gymops models {rollback,reconcile}`: which model version Triton serves, through the deployer
-(registry first, then the swap). `models list|show` belong here too."""
+"""`gymops models {list,show,rollback,reconcile}`: the registry's model versions, and which one
+Triton serves. list/show only read the registry (no Triton, no outbox): an operator can look at
+versions, statuses, gate figures and lineage on a machine where nothing else runs. rollback and
+reconcile go through the deployer (registry first, then the swap)."""
 from __future__ import annotations
 
+import json
+import sys
+from dataclasses import asdict
+from datetime import datetime
+
 from gymops.cli import add_group
+
+
+def _registry(settings):
+    from gymops.db import engine_for
+    from gymops.lifecycle.registry import ModelRegistry
+
+    return ModelRegistry(engine_for(settings))
+
+
+def _figure(metrics: dict, *path: str) -> str:
+    """One gate figure, e.g. metrics["holdout"]["per_class_accuracy"]["good"], as 0.933; "-" when
+    that evaluation did not record it (registrations differ in what they measured)."""
+    value = metrics
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def _when(ts: datetime | None) -> str:
+    return ts.strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+LIST_COLUMNS = ("VERSION", "TRITON", "STATUS", "VAL", "HOLDOUT", "GOOD", "DEFECTIVE", "DATASET", "RUN", "PARENT",
+                "TRAINED", "DEPLOYED")
+
+
+def list_rows(versions) -> list[tuple[str, ...]]:
+    """The table's rows: gate figures are validation accuracy, holdout accuracy and the holdout's
+    per-class accuracy, the figures the accuracy gates decide on."""
+    return [(mv.version, str(mv.triton_version), mv.status, _figure(mv.metrics, "val", "accuracy"),
+             _figure(mv.metrics, "holdout", "accuracy"), _figure(mv.metrics, "holdout", "per_class_accuracy", "good"),
+             _figure(mv.metrics, "holdout", "per_class_accuracy", "defective"), mv.dataset_id or "-",
+             mv.run_id or "-", mv.parent_version or "-", _when(mv.trained_at), _when(mv.deployed_at))
+            for mv in versions]
+
+
+def cmd_list(settings, args) -> int:
+    from gymops.lifecycle.registry import ARCHIVED
+
+    versions = [mv for mv in _registry(settings).history(args.model_type, limit=args.limit)
+                if args.all or mv.status != ARCHIVED]
+    if not versions:
+        print(f"{args.model_type}: no model versions registered" + ("" if args.all else " (that are not archived)"))
+        return 0
+    rows = [LIST_COLUMNS, *list_rows(versions)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(LIST_COLUMNS))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_show(settings, args) -> int:
+    from gymops.lifecycle.registry import VersionNotFound
+
+    try:
+        mv = _registry(settings).get(args.model_type, args.version)
+    except VersionNotFound as exc:
+        print(f"gymops models show: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(asdict(mv), indent=2, ensure_ascii=False, default=lambda v: v.isoformat()))
+    return 0
 
 
 def _deployer(settings):
@@ -31,6 +99,17 @@ def cmd_reconcile(settings, args) -> int:
 
 def register(sub) -> None:
     group = add_group(sub, "models", "the registry's model versions and the one Triton serves")
+    p = group.add_parser("list", help="the registered versions, newest first: status, gate figures, lineage, times")
+    p.add_argument("--model-type", default="laundry")
+    p.add_argument("--all", action="store_true", help="archived versions too")
+    p.add_argument("--limit", type=int, default=50, help="at most this many versions (default 50)")
+    p.set_defaults(handler=cmd_list)
+
+    p = group.add_parser("show", help="one version in full (JSON): metrics, lineage, status and its reason")
+    p.add_argument("version", help="the semver version, e.g. 1.2.0")
+    p.add_argument("--model-type", default="laundry")
+    p.set_defaults(handler=cmd_show)
+
     p = group.add_parser("rollback", help="serve the previous (or a named) model version again, with no failed request")
     p.add_argument("--to", default="", help="the version to serve (default: the one the active version replaced)")
     p.add_argument("--reason", default="operator rollback")

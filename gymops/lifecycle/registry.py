@@ -11,7 +11,7 @@ Statuses and the moves between them::
     canary    -> active | rejected | rolled_back
     active    -> retired | rolled_back
     retired   -> active (a rollback target) | archived
-    rejected  -> archived
+    rejected  -> candidate (its artifact registered again: a re-evaluation) | archived
     rolled_back -> archived
 
 Every write runs in a transaction that first takes a per-model-type lock (an advisory
@@ -20,6 +20,12 @@ distinct versions and concurrent status changes cannot both act on a stale read.
 (model_type, version) / (model_type, triton_version) violation that still slips through is
 retried. A partial unique index allows at most one active version per model type.
 
+One version per trained artifact: ``register_candidate`` records the sha256 of the ONNX file and,
+when that file is registered already, returns its version instead of numbering a new one. A
+finished training re-evaluated (a re-run, other gate settings) therefore keeps its version, and a
+Triton folder number never holds the same weights twice. A rejected version registered again is a
+re-evaluation: it becomes a candidate again (``rejected -> candidate``) with the new figures.
+
 Events go out through the transactional outbox: give the registry an ``Outbox`` and
 ``activate``, ``rollback`` and ``reject`` record their event in the same transaction as the
 status change, or compose your own with ``transaction()`` and the ``conn=`` parameters.
@@ -27,12 +33,15 @@ status change, or compose your own with ``transaction()`` and the ``conn=`` para
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 import time
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Iterator
+from urllib.parse import unquote, urlsplit
 
 import sqlalchemy as sa
 
@@ -55,7 +64,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     CANARY: frozenset({ACTIVE, REJECTED, ROLLED_BACK}),
     ACTIVE: frozenset({RETIRED, ROLLED_BACK}),
     RETIRED: frozenset({ACTIVE, ARCHIVED}),
-    REJECTED: frozenset({ARCHIVED}),
+    REJECTED: frozenset({CANDIDATE, ARCHIVED}),
     ROLLED_BACK: frozenset({ARCHIVED}),
     ARCHIVED: frozenset(),
 }
@@ -82,6 +91,8 @@ model_versions = sa.Table(
     sa.Column("run_id", sa.String(128)),
     sa.Column("parent_version", sa.String(32)),
     sa.Column("artifact_uri", sa.Text, nullable=False),
+    # sha256 of the ONNX file, hex; NULL when it could not be read (a remote URI, rows from before).
+    sa.Column("artifact_sha256", sa.String(64)),
     sa.Column("trained_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("deployed_at", sa.DateTime(timezone=True)),
     sa.Column("status", sa.String(16), nullable=False),
@@ -92,6 +103,7 @@ model_versions = sa.Table(
     sa.UniqueConstraint("model_type", "triton_version", name="model_versions_type_triton"),
     sa.CheckConstraint(f"status IN ({', '.join(repr(s) for s in STATUSES)})", name="model_versions_status"),
     sa.Index("model_versions_type_status", "model_type", "status"),
+    sa.Index("model_versions_type_artifact", "model_type", "artifact_sha256", unique=True),  # NULLs may repeat
     sa.Index("model_versions_one_active", "model_type", unique=True,
              sqlite_where=sa.text("status = 'active'"), postgresql_where=sa.text("status = 'active'")),
 )
@@ -136,6 +148,7 @@ class ModelVersion:
     previous_version: str | None
     status_reason: str | None
     updated_at: datetime
+    artifact_sha256: str | None = None
 
     @property
     def semver(self) -> tuple[int, int, int]:
@@ -158,7 +171,52 @@ def _row(row) -> ModelVersion:
         run_id=m["run_id"], parent_version=m["parent_version"], artifact_uri=m["artifact_uri"],
         trained_at=as_utc(m["trained_at"]), deployed_at=as_utc(m["deployed_at"]), status=m["status"],
         previous_version=m["previous_version"], status_reason=m["status_reason"], updated_at=as_utc(m["updated_at"]),
+        artifact_sha256=m["artifact_sha256"],
     )
+
+
+def artifact_digest(artifact_uri: str | Path) -> str | None:
+    """sha256 (hex) of the artifact when it is a readable local file (a path or a file:// URI),
+    else None: a remote or missing artifact cannot be recognised, so it is never merged."""
+    text = str(artifact_uri)
+    parts = urlsplit(text)
+    if parts.scheme == "file":
+        path = Path(unquote(parts.path))
+    elif parts.scheme and len(parts.scheme) > 1:  # s3://, http://... (one letter: a Windows drive)
+        return None
+    else:
+        path = Path(text)
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _add_artifact_column(engine: sa.Engine) -> None:
+    """A model_versions table created before artifact_sha256 existed gains it, and its unique
+    index, in place. Adding a nullable column is cheap and safe on a live table on SQLite and
+    PostgreSQL; old rows keep NULL (their file may be gone), so they are never merged. A concurrent
+    process doing the same is tolerated: the check is repeated after a failure."""
+    for attempt in range(2):
+        inspector = sa.inspect(engine)
+        has_column = "artifact_sha256" in {c["name"] for c in inspector.get_columns("model_versions")}
+        has_index = "model_versions_type_artifact" in {i["name"] for i in inspector.get_indexes("model_versions")}
+        if has_column and has_index:
+            return
+        try:
+            with engine.begin() as conn:
+                if not has_column:
+                    conn.exec_driver_sql("ALTER TABLE model_versions ADD COLUMN artifact_sha256 VARCHAR(64)")
+                conn.exec_driver_sql("CREATE UNIQUE INDEX IF NOT EXISTS model_versions_type_artifact "
+                                     "ON model_versions (model_type, artifact_sha256)")
+            return
+        except sa.exc.DBAPIError:
+            if attempt:
+                raise
 
 
 def _check_type(model_type: str) -> None:
@@ -198,6 +256,7 @@ class ModelRegistry:
         self.outbox = outbox
         self.retries = retries
         metadata.create_all(engine, tables=[model_versions])
+        _add_artifact_column(engine)
 
     # -- transactions -----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -261,8 +320,13 @@ class ModelRegistry:
     def register_candidate(self, model_type: str, architecture: str, metrics: dict, dataset_id: str | None,
                            run_id: str | None, artifact_uri: str, parent_version: str | None = None,
                            bump: str = "minor", trained_at: datetime | None = None,
-                           conn: sa.Connection | None = None) -> ModelVersion:
-        """Register a trained model as a candidate with the next version and Triton folder number."""
+                           conn: sa.Connection | None = None, artifact_sha256: str | None = None) -> ModelVersion:
+        """Register a trained model as a candidate with the next version and Triton folder number,
+        ONCE per artifact: when an ONNX file with the same sha256 (``artifact_sha256``, by default
+        read from the local file) is registered already, that version is returned instead. Its
+        lineage stays; if it has not served (candidate, or rejected: it becomes a candidate again)
+        the new ``metrics`` replace the old, as they are the figures of the newer evaluation. The
+        caller tells a reused version by its status, or by ``find_artifact`` beforehand."""
         _check_type(model_type)
         if not architecture or not isinstance(architecture, str):
             raise ValueError("architecture must be a non-empty string")
@@ -272,9 +336,13 @@ class ModelRegistry:
             raise ValueError(f"metrics must be a dict, got {type(metrics).__name__}")
         if parent_version is not None:
             parse_version(parent_version)
+        if artifact_sha256 is None:
+            artifact_sha256 = artifact_digest(artifact_uri)
+        elif not re.fullmatch(r"[0-9a-f]{64}", artifact_sha256):
+            raise ValueError(f"artifact_sha256 must be 64 lowercase hex digits, got {artifact_sha256!r}")
         row = dict(model_type=model_type, architecture=architecture, metrics=metrics, dataset_id=dataset_id,
                    run_id=run_id, parent_version=parent_version, artifact_uri=str(artifact_uri),
-                   trained_at=trained_at or datetime.now(timezone.utc))
+                   trained_at=trained_at or datetime.now(timezone.utc), artifact_sha256=artifact_sha256)
         if conn is not None:  # the caller's transaction (from transaction(), which holds the lock)
             return self._insert_candidate(conn, row, bump)
         for attempt in range(self.retries + 1):
@@ -289,6 +357,9 @@ class ModelRegistry:
 
     def _insert_candidate(self, tx, row: dict, bump: str) -> ModelVersion:
         model_type, parent_version = row["model_type"], row["parent_version"]
+        known = self._find_artifact(tx, model_type, row["artifact_sha256"])
+        if known is not None:
+            return self._registered_again(tx, known, row)
         if parent_version is not None:
             self._load(tx, model_type, parent_version)
         existing = [tuple(r) for r in tx.execute(sa.select(
@@ -302,6 +373,26 @@ class ModelRegistry:
             **row, version=version, major=major, minor=minor, patch=patch, triton_version=triton,
             status=CANDIDATE, updated_at=datetime.now(timezone.utc)))
         return self._load(tx, model_type, version)
+
+    def _registered_again(self, tx, known: ModelVersion, row: dict) -> ModelVersion:
+        """The version an artifact already has, after a new evaluation of it (see register_candidate)."""
+        note = f"registered again (run {row['run_id']}): re-evaluated"
+        if known.status == REJECTED:
+            return self._update(tx, known, CANDIDATE, note, metrics=row["metrics"])
+        if known.status == CANDIDATE:
+            tx.execute(model_versions.update().where(
+                model_versions.c.model_type == known.model_type, model_versions.c.version == known.version,
+                model_versions.c.status == CANDIDATE).values(
+                metrics=row["metrics"], status_reason=note, updated_at=datetime.now(timezone.utc)))
+            return self._load(tx, known.model_type, known.version)
+        return known
+
+    def _find_artifact(self, conn, model_type: str, sha256: str | None) -> ModelVersion | None:
+        if sha256 is None:
+            return None
+        found = conn.execute(sa.select(model_versions).where(
+            model_versions.c.model_type == model_type, model_versions.c.artifact_sha256 == sha256)).first()
+        return _row(found) if found is not None else None
 
     def set_status(self, model_type: str, version: str, status: str, reason: str | None = None,
                    conn: sa.Connection | None = None) -> ModelVersion:
@@ -434,6 +525,14 @@ class ModelRegistry:
     def active(self, model_type: str) -> ModelVersion | None:
         with self.engine.connect() as conn:
             return self._active(conn, model_type)
+
+    def find_artifact(self, model_type: str, artifact: str | Path) -> ModelVersion | None:
+        """The version an ONNX file (a local path or file:// URI, or its sha256) is registered
+        as, or None."""
+        text = str(artifact)
+        sha = text if re.fullmatch(r"[0-9a-f]{64}", text) else artifact_digest(text)
+        with self.engine.connect() as conn:
+            return self._find_artifact(conn, model_type, sha)
 
     def history(self, model_type: str, limit: int = 50) -> list[ModelVersion]:
         """Newest first (by Triton version), archived ones included."""
