@@ -139,8 +139,16 @@ def main(argv: list[str] | None = None) -> int:
         return srv, ctl, Deployer(registry, ctl, repo, MODEL, archive_dir=archive)
 
     def candidate(k: int):
+        # One registry version per artifact (register_candidate returns the version a file already
+        # has), so each round deploys its own copy: the same weights, a doc string naming the round.
+        import onnx as onnx_lib
+
+        model = onnx_lib.load(str(onnx[k % 2]))
+        model.doc_string = f"bench/deploy round {k}"
+        path = tmp / f"round-{k}.onnx"
+        onnx_lib.save(model, str(path))
         return registry.register_candidate("laundry", "efficientnet_lite0", {"bench": True}, f"DS-bench-{k}",
-                                           f"bench-{k}", str(onnx[k % 2]))
+                                           f"bench-{k}", str(path))
 
     server = control = traffic = None
     results: list[dict] = []
