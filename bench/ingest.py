@@ -25,8 +25,14 @@ events_per_s = events / (first publish -> last event visible in the history).
 lost = published - distinct stored; duplicated = history rows - distinct event ids.
 
 Prints one JSON object on stdout and writes bench/results/ingest.json; progress goes to stderr.
-    python bench/ingest.py            # the full run (100,000 events through RabbitMQ)
-    python bench/ingest.py --quick    # a small smoke run
+    python -m bench.ingest            # the full run (100,000 events through RabbitMQ)
+    python -m bench.ingest --quick    # a small smoke run
+
+``amqp_hostile``: the ``amqp`` run again with ``--hostile-pct`` (1 %) hostile messages mixed in
+(the shapes that used to block the queue: numbers beyond range, 5,000-digit integers, deep
+nesting, NUL, lone surrogates, ancient timestamps, ...): the same throughput within noise, and
+every hostile message dead-lettered exactly once (``hostile_sent``, ``hostile_dead_letters``,
+``hostile_events_per_s``).
 """
 from __future__ import annotations
 
@@ -48,11 +54,9 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from gymops.settings import Settings
 
-from gymops.settings import Settings  # noqa: E402  (after the path set-up above)
+ROOT = Path(__file__).resolve().parent.parent
 
 RESULTS = ROOT / "bench" / "results" / "ingest.json"
 TABLE = "task_confirmations"
@@ -83,6 +87,33 @@ def task_event(event_id: str, i: int, scope: str, photo_prefix: str, ts: str) ->
         "finalResult": "defective" if corrected else "good", "corrected": corrected,
         "correctionReason": "stain left on the collar" if corrected else None, "timestamp": ts,
     }
+
+
+def hostile_body(i: int, scope: str, photo_prefix: str, ts: str) -> bytes:
+    """One of the shapes that used to block the stream (issue 10), unique per ``i`` (its dead
+    letter is keyed by eventId or by the digest of its bytes)."""
+    ev = task_event(f"hostile-{scope}-{i:07d}", i, f"{scope}-h", photo_prefix, ts)
+    text = json.dumps(ev, separators=(",", ":"), ensure_ascii=False)
+    kind = i % 10
+    if kind == 0:
+        return text.replace('"corrected":', '"similarity":1e400,"corrected":').encode()
+    if kind == 1:
+        return text.replace('"schemaVersion":1', '"schemaVersion":' + "9" * 5000).encode()
+    if kind == 2:
+        return ('{"eventId":"hostile-%s-%07d","x":' % (scope, i) + "[" * 30000 + "]" * 30000 + "}").encode()
+    if kind == 3:
+        return text.replace('"schemaVersion":1', '"schemaVersion":[1]').encode()
+    if kind == 4:
+        return text.replace('"TaskConfirmedEvent"', '"' + "T" * 80 + '"').encode()
+    if kind == 5:
+        return text.replace('"helperId":"', '"helperId":"\\u0000').encode()
+    if kind == 6:
+        return text.replace('"branchId":"', '"branchId":"\\ud800').encode()
+    if kind == 7:
+        return text.replace(ts, "0001-01-01T00:00:00+01:00").encode()
+    if kind == 8:
+        return text.replace('"aiResult":"good"', '"aiResult":"good","' + "f" * 200 + f'{i}":1').encode()
+    return (text[:40] + "\x00" + text[40:]).replace('"eventId":"hostile', '"eventId":"h\x00ostile').encode()
 
 
 def publish_time(event_id: str) -> float:
@@ -193,7 +224,8 @@ def _tail(path: Path, n: int = 3000) -> str:
 # ----------------------------------------------------------------------------------------------
 
 def _publish_worker(env: dict, worker: int, workers: int, total: int, prefix: str, scope: str,
-                    photo_prefix: str, rate: float, start_at: float, progress, result_q) -> None:
+                    photo_prefix: str, rate: float, start_at: float, progress, result_q,
+                    hostile_every: int = 0) -> None:
     """One publisher process: events worker, worker+workers, ... paced so that all workers
     together publish ``rate`` events/s (0: as fast as possible), each with publisher confirms."""
     os.environ.update(env)
@@ -207,7 +239,7 @@ def _publish_worker(env: dict, worker: int, workers: int, total: int, prefix: st
     if delay > 0:
         time.sleep(delay)
     first = last = None
-    n = 0
+    n = hostile = 0
     for i in range(worker, total, workers):
         if rate:
             wait = start_at + i / rate - time.time()
@@ -217,6 +249,9 @@ def _publish_worker(env: dict, worker: int, workers: int, total: int, prefix: st
         event_id = f"{prefix}{i:07d}-{int(now * 1e6)}"
         body = json.dumps(task_event(event_id, i, scope, photo_prefix, ts), separators=(",", ":"))
         publisher.publish(body, message_id=event_id)
+        if hostile_every and i % hostile_every == 0:
+            publisher.publish(hostile_body(i, scope, photo_prefix, ts))
+            hostile += 1
         first = first or now
         last = time.time()
         n += 1
@@ -224,7 +259,7 @@ def _publish_worker(env: dict, worker: int, workers: int, total: int, prefix: st
             progress[worker] = n
     progress[worker] = n
     publisher.close()
-    result_q.put({"worker": worker, "published": n, "first": first, "last": last})
+    result_q.put({"worker": worker, "published": n, "hostile": hostile, "first": first, "last": last})
 
 
 class PgPoller(threading.Thread):
@@ -289,7 +324,7 @@ def pg_counts(conninfo: str, prefix: str) -> tuple[int, int]:
 
 
 def run_amqp(settings, label: str, events: int, rate: float, publishers: int, poll_s: float,
-             stall_s: float, workdir: Path, tag: str) -> dict:
+             stall_s: float, workdir: Path, tag: str, hostile_every: int = 0) -> dict:
     from gymops import processes
     from gymops.history.tables import pg_conninfo
 
@@ -299,6 +334,7 @@ def run_amqp(settings, label: str, events: int, rate: float, publishers: int, po
     log(f"{label}: starting the consumer (batch size {settings.batch_size}, wait {settings.batch_wait_ms} ms, "
         f"queue {settings.rabbitmq_queue})")
     proc = processes.start(settings, "ingest", "consume", log=logfile)
+    dead_before = dead_letters_pg(settings) or 0
     poller = PgPoller(conninfo, prefix, poll_s)
     workers: list = []
     try:
@@ -314,7 +350,7 @@ def run_amqp(settings, label: str, events: int, rate: float, publishers: int, po
         for w in range(publishers):
             p = ctx.Process(target=_publish_worker, name=f"publisher-{w}",
                             args=(env, w, publishers, events, prefix, f"{tag}-{label}", photo_prefix, rate, start_at,
-                                  progress, result_q))
+                                  progress, result_q, hostile_every))
             p.start()
             workers.append(p)
         poller.start()
@@ -400,6 +436,9 @@ def run_amqp(settings, label: str, events: int, rate: float, publishers: int, po
         "mean_batch": round(distinct / batches, 1) if batches else None,
         "consumer_exit": code,
     }
+    if hostile_every:
+        out["hostile_sent"] = sum(r.get("hostile", 0) for r in results)
+        out["hostile_dead_letters"] = (dead_letters_pg(settings) or 0) - dead_before
     if out["consumer_cpu_s"]:
         out["events_per_consumer_cpu_s"] = round(distinct / out["consumer_cpu_s"], 1)
     if len(seen) != distinct:
@@ -477,6 +516,11 @@ def bench_amqp(args, tag: str, workdir: Path) -> dict:
                                             1, args.poll_ms / 1000, args.stall_s, workdir, tag)
         out["amqp"] = run_amqp(settings, "amqp", args.events, args.rate, args.publishers, args.poll_ms / 1000,
                                args.stall_s, workdir, tag)
+        if args.hostile_pct:
+            hostile = dataclasses.replace(settings, rabbitmq_queue=f"gymops.bench.{tag}.hostile")
+            out["amqp_hostile"] = run_amqp(hostile, "amqp_hostile", args.hostile_events or args.events, args.rate,
+                                           args.publishers, args.poll_ms / 1000, args.stall_s, workdir, tag,
+                                           hostile_every=max(1, round(100 / args.hostile_pct)))
         if args.max_events:
             out["amqp_max"] = run_amqp(flat_out, "amqp_max", args.max_events, 0, args.max_publishers,
                                        args.poll_ms / 1000, args.stall_s, workdir, tag)
@@ -490,7 +534,9 @@ def bench_amqp(args, tag: str, workdir: Path) -> dict:
         if args.keep:
             log(f"--keep: leaving database {settings.pg_database}, queues and Redis keys in place")
         else:
-            drop_services(settings, [settings.rabbitmq_queue, flat_out.rabbitmq_queue, baseline.rabbitmq_queue], keys)
+            queues = [settings.rabbitmq_queue, flat_out.rabbitmq_queue, baseline.rabbitmq_queue,
+                      f"gymops.bench.{tag}.hostile"]
+            drop_services(settings, queues + [f"{q}.parked" for q in queues] + [f"{q}.dlx" for q in queues], keys)
             log(f"dropped database {settings.pg_database} and the queues" + (f" and {len(keys)} Redis keys" if keys else ""))
     return out
 
@@ -650,6 +696,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-wait-ms", type=int, default=200, help="GYMOPS_BATCH_WAIT_MS of the consumer")
     p.add_argument("--poll-ms", type=float, default=100, help="history poll interval (latency resolution)")
     p.add_argument("--stall-s", type=float, default=60, help="give up after this long without a new row")
+    p.add_argument("--hostile-pct", type=float, default=1.0,
+                   help="the amqp_hostile run: this percentage of hostile messages mixed in (0: skip it)")
+    p.add_argument("--hostile-events", type=int, default=0, help="valid events of the hostile run (0: --events)")
     p.add_argument("--skip-amqp", action="store_true")
     p.add_argument("--skip-http", action="store_true")
     p.add_argument("--quick", action="store_true",
@@ -660,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.events, args.baseline_events = min(args.events, 5000), min(args.baseline_events, 300)
         args.max_events = min(args.max_events, 5000)
+        args.hostile_events = min(args.hostile_events or args.events, 5000)
         args.http_events, args.http_baseline_events = min(args.http_events, 2000), min(args.http_baseline_events, 200)
 
     from gymops.settings import quiet_tools
@@ -687,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"background CPU load after the runs: {quiet_after}")
     result: dict = {
         "benchmark": "ingest",
-        "command": " ".join(["python bench/ingest.py", *_figure_args(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(["python -m bench.ingest", *_figure_args(sys.argv[1:] if argv is None else argv)]),
         "started": datetime.fromtimestamp(began, timezone.utc).isoformat(timespec="seconds"),
         "wall_s": round(time.time() - began, 1),
         "machine": {"cpus": os.cpu_count(), "gpu": None, "python": platform.python_version(),
@@ -706,6 +756,12 @@ def main(argv: list[str] | None = None) -> int:
             if base.get("events_per_s") and head["events_per_s"] else None,
             "p99_latency_s": head["latency_visible"].get("p99_s"),
         })
+        hostile = paths.get("amqp_hostile")
+        if hostile:
+            result.update({"hostile_sent": hostile.get("hostile_sent"),
+                           "hostile_dead_letters": hostile.get("hostile_dead_letters"),
+                           "hostile_events_per_s": hostile["events_per_s"],
+                           "hostile_lost": hostile["lost"], "hostile_duplicated": hostile["duplicated"]})
         top = paths.get("amqp_max", {})
         if top.get("events_per_s") and base.get("events_per_s"):
             result["max_events_per_s"] = top["events_per_s"]
@@ -715,6 +771,8 @@ def main(argv: list[str] | None = None) -> int:
             "lost==0": head["lost"] == 0, "duplicated==0": head["duplicated"] == 0,
             "p99_latency_s<=2": bool(result["p99_latency_s"] is not None and result["p99_latency_s"] <= 2),
         }
+        if hostile:
+            result["targets"]["hostile_dead_lettered_once"] = hostile.get("hostile_dead_letters") == hostile.get("hostile_sent")
     http, http_base = paths.get("http"), paths.get("http_baseline")
     if http and http_base and http_base.get("events_per_s"):
         result["http_ratio"] = round(http["events_per_s"] / http_base["events_per_s"], 1)

@@ -82,6 +82,17 @@ def test_other_event_types_parse():
     (task(timestamp=(NOW + timedelta(days=1)).isoformat()), "timestamp", "in the future"),
     (task(extra="x"), "extra", "unknown field"),
     (task(taskId="x" * 600), "taskId", "longer than"),
+    (task(schemaVersion=[1]), "schemaVersion", "unsupported version"),
+    (task(schemaVersion="1"), "schemaVersion", "unsupported version"),
+    (task(eventId="a\x00b"), "eventId", "NUL"),
+    (task(helperId="H\ud800"), "helperId", "lone surrogate"),
+    (task(branchId="BR\n1"), "branchId", "control character"),
+    (task(timestamp="1600-01-01T00:00:00Z"), "timestamp", "before 2000-01-01"),
+    (task(timestamp="0001-01-01T00:00:00+01:00"), "timestamp", "out of range"),
+    (task(photoUrl="file:///photos/t\t1.jpg"), "photoUrl", "whitespace"),
+    (task(**{"k" * 300: 1}), "k" * 125 + "...", "field name longer than 128"),
+    (json.dumps(task()).replace('"corrected": true', '"corrected": true, "n": ' + "9" * 5000), "n", "unknown field"),
+    ("[" * 50 + "]" * 50, "(body)", "nested deeper"),
 ])
 def test_bad_input_names_the_field_and_the_reason(raw, field, reason):
     exc = errors(raw)

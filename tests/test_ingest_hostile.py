@@ -114,6 +114,7 @@ def test_shapes_that_blocked_the_stream_are_named(tmp_path):
         _text({**base, "z": 1}).replace('"z": 1', '"z": ' + "9" * 5000): "z",
         "[" * 100_000 + "]" * 100_000: "(body)",
         "[" * 30_000 + "]" * 30_000: "(body)",
+        "[" * 9 + '"' + '\\"' * 30_000: "(body)",  # quadratic for a regex over strings; one pass here
         _text({**base, "schemaVersion": [1]}): "schemaVersion",
         _text({**base, "schemaVersion": {"v": 1}}): "schemaVersion",
         _text({**base, "eventType": "E" * 65}): "eventType",
@@ -125,9 +126,11 @@ def test_shapes_that_blocked_the_stream_are_named(tmp_path):
         _text({**base, "photoUrl": "file:///photos/t1.jpg\n"}): "photoUrl",
     }
     for raw, field in cases.items():
+        began = time.monotonic()
         with pytest.raises(EventValidationError) as info:
             parse_event(raw.encode("utf-8", "surrogatepass"), now=NOW)
         assert info.value.field == field, (raw[:80], info.value)
+        assert time.monotonic() - began < 1.0, raw[:80]
     long_field = parse_error({**base, "f" * 200: 1})
     assert long_field.field.startswith("fff") and len(long_field.field) <= 128
 
@@ -392,8 +395,10 @@ def test_sigkilled_consumer_dead_letters_each_malformed_message_once(amqp, tmp_p
 
 @pytest.fixture
 def running_consumer(amqp, tmp_path):
-    proc = start(amqp, "ingest", "consume", log=tmp_path / "consume.log")
-    try:
+    log = tmp_path / "consume.log"
+    proc = start(amqp, "ingest", "consume", log=log)
+    try:  # the bounded wait for each canary starts once the consumer is up, not while it imports Feast
+        wait_for(lambda: f"consuming {amqp.rabbitmq_queue}" in log.read_text(), 180, "the consumer started")
         yield amqp
     finally:
         assert stop(proc) == 0, (tmp_path / "consume.log").read_text()[-3000:]
@@ -428,3 +433,43 @@ def test_rabbitmq_hostile_message_is_dead_lettered_once_and_the_canary_behind_it
         wait_for(lambda: store.count_keys([key]) == 1, 10, "the hostile message dead-lettered")
         [letter] = [d for d in store.list(limit=1000, include_replayed=True) if d.message_key == key]
         assert letter.field and letter.reason
+
+
+@pytest.mark.services
+def test_messages_the_broker_parks_at_the_delivery_limit_are_stored_or_dead_lettered(amqp):
+    """Returned more often than x-delivery-limit (as by consumers that crashed on them), RabbitMQ
+    dead-letters a message to <queue>.parked; the consumer drains that queue too."""
+    from gymops.ingest.broker import Consumer, Publisher, parked_queue
+    from gymops.ingest.deadletters import message_key
+    from gymops.ingest.replicator import Replicator
+
+    settings = amqp
+    good = json.dumps(task_event(_s3(settings)))
+    bad = json.dumps(task_event(_s3(settings), finalResult="maybe"))
+    publisher = Publisher(settings)
+    publisher.publish_many([good, bad])
+    publisher.close()
+    conn, channel = _channel(settings)
+    returns = 0
+    while returns < 100:  # until the broker has taken both away
+        method, _props, _body = channel.basic_get(settings.rabbitmq_queue)
+        if method is None:
+            break
+        channel.basic_nack(method.delivery_tag, requeue=True)
+        returns += 1
+    wait_for(lambda: channel.queue_declare(parked_queue(settings.rabbitmq_queue), passive=True).method.message_count == 2,
+             30, "both messages parked by the broker")
+    conn.close()
+    consumer = Consumer(settings, Replicator(settings))
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    store = _dead_letters(settings)
+    try:
+        h = history.history_for(settings, history.TASK_CONFIRMATIONS)
+        wait_for(lambda: h.present([json.loads(good)["eventId"]]), 60, "the parked good event stored")
+        wait_for(lambda: store.count_keys([message_key(bad.encode())]) == 1, 60, "the parked bad one dead-lettered")
+    finally:
+        consumer.stop()
+        thread.join(30)
+    [letter] = [d for d in store.list(limit=1000) if d.message_key == message_key(bad.encode())]
+    assert letter.source == "amqp-parked" and letter.field == "finalResult"

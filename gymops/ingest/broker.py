@@ -298,7 +298,11 @@ class Consumer:
             parked: list[tuple[int, object, bytes]] = []
             queue = self.settings.rabbitmq_queue
             channel.basic_consume(queue, lambda _ch, m, p, b: pending.append((m.delivery_tag, p, b)))
-            channel.basic_consume(parked_queue(queue), lambda _ch, m, p, b: parked.append((m.delivery_tag, p, b)))
+            # Its own channel: delivery tags are per channel, and the main batch's multiple-ack must
+            # never settle a parked message that is still being handled.
+            parked_channel = conn.channel()
+            parked_channel.basic_qos(prefetch_count=10)
+            parked_channel.basic_consume(parked_queue(queue), lambda _ch, m, p, b: parked.append((m.delivery_tag, p, b)))
             log.info("consuming %s", queue)
             deadline = 0.0
             tick = max(min(self.wait_s, 0.5), 0.01)
@@ -312,7 +316,7 @@ class Consumer:
                     self._flush(conn, channel, batch)
                 if parked:
                     batch, parked[:] = list(parked), []
-                    self._flush_parked(conn, channel, batch)
+                    self._flush_parked(conn, parked_channel, batch)
                 if self.stopping.is_set() and not pending:
                     break
         finally:

@@ -61,6 +61,13 @@ class DeadLetter:
     message_key: str | None = None
     deliveries: int | None = None
 
+    def summary(self) -> str:
+        """One line for listings: id, when, where from, what, state, field and reason."""
+        state = (f"replayed {self.replayed_at:%Y-%m-%d %H:%M} ({self.replay_outcome})" if self.replayed_at else "open")
+        tries = f" after {self.deliveries} deliveries" if self.deliveries else ""
+        return (f"#{self.id} {self.received_at:%Y-%m-%d %H:%M:%S} {self.source:5} {self.event_type or '?'} "
+                f"{self.event_id or '?'} [{state}{tries}] {self.field}: {self.reason}")
+
     def to_dict(self) -> dict:
         out = dict(self.__dict__)
         out["received_at"] = self.received_at.isoformat()

@@ -44,7 +44,7 @@ MAX_FUTURE_SKEW = timedelta(minutes=10)
 MIN_TIMESTAMP = datetime(2000, 1, 1, tzinfo=timezone.utc)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _NUL_OR_SURROGATE = re.compile(r"[\x00\ud800-\udfff]")
-_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_SPACE = re.compile(r"\s")
 
 
 class EventValidationError(ValueError):
@@ -86,6 +86,11 @@ class BadNumber:
     def __init__(self, text: str):
         self.text = text
 
+    def __str__(self) -> str:  # json.dumps(default=str) of a decoded array element: the literal as sent
+        return self.text
+
+    __repr__ = __str__
+
     def describe(self) -> str:
         shown = self.text if len(self.text) <= 24 else f"{self.text[:12]}...({len(self.text)} characters)"
         return f"number {shown} out of range"
@@ -118,15 +123,25 @@ def _field_name(name: str) -> str:
 
 
 def nesting_depth(text: str) -> int:
-    """How deep arrays/objects nest in a JSON text, without decoding it (brackets in strings ignored)."""
-    if text.count("[") + text.count("{") <= 1:
-        return text.count("[") + text.count("{")
+    """How deep arrays/objects nest in a JSON text, without decoding it (brackets in strings ignored).
+    One linear pass (a regex over strings can backtrack quadratically on ``"\\"\\"...``)."""
     depth = deepest = 0
-    for ch in re.sub(_STRINGS, "", text):
-        if ch in "[{":
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch == "[" or ch == "{":
             depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
+            if depth > deepest:
+                deepest = depth
+        elif ch == "]" or ch == "}":
             depth -= 1
     return deepest
 
@@ -230,7 +245,7 @@ class _Reader:
         CR and LF (bpo-43882), so a URL holding them, or any whitespace or control character, is
         refused rather than stored as one string and resolved as another."""
         value = self.raw(field)
-        if isinstance(value, str) and (value != value.strip() or any(ch.isspace() for ch in value)):
+        if isinstance(value, str) and _SPACE.search(value):
             raise EventValidationError(field, "contains whitespace (URL parsing would drop or alter it)")
         value = self.text(field, max_len=MAX_URL)
         if self.check_photo_url is not None:

@@ -275,14 +275,17 @@ class Batcher:
                 future.set_exception(exc)
 
 
-def replay_dead_letters(replicator: Replicator, ids: Sequence[int] | None = None, payload: str | None = None):
+def replay_dead_letters(replicator: Replicator, ids: Sequence[int] | None = None, payload: str | None = None,
+                        **filters):
     """Re-validate dead letters (or one, with a corrected ``payload``) and ingest those now valid.
+    Without ids: every open one, or those matching ``filters`` (``reason``, ``source``, ``field``
+    as in ``DeadLetterStore.list``).
 
     Returns (letter, outcome) pairs. A letter that still fails stays open with its old reason and
     the new one reported; it is not copied into a second dead letter.
     """
     store = replicator.dead_letters
-    letters = store.get(ids) if ids else store.list(limit=10_000)
+    letters = store.get(ids) if ids else store.list(limit=10_000, **{k: v for k, v in filters.items() if v})
     results = []
     for letter in letters:
         if letter.replayed_at is not None:
