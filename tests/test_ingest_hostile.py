@@ -182,6 +182,12 @@ def test_http_hostile_bodies_get_422_and_the_canary_behind_them_lands(endpoint, 
     if resp.status_code == 422:
         for letter in resp.json()["deadLettered"]:
             assert letter["field"] and letter["reason"]
+        again = _post(base, settings.ingest_token, body)  # a client's retry: still one dead letter each
+        assert again.status_code == 422
+        assert [d["deadLetterId"] for d in again.json()["deadLettered"]] == \
+            [d["deadLetterId"] for d in resp.json()["deadLettered"]]
+    else:
+        assert resp.json()["stored"] + resp.json()["duplicates"] >= 1
     canary = task_event(_photo(settings))
     started = time.monotonic()
     ok = _post(base, settings.ingest_token, json.dumps(canary))
@@ -419,6 +425,7 @@ def test_rabbitmq_hostile_message_is_dead_lettered_once_and_the_canary_behind_it
     canary = task_event(_s3(settings))
     publisher = Publisher(settings)
     publisher.publish(body)
+    publisher.publish(body)  # sent twice (a producer's retry): still dead-lettered once
     publisher.publish(json.dumps(canary))
     publisher.close()
     h = history.history_for(settings, history.TASK_CONFIRMATIONS)
