@@ -91,18 +91,30 @@ def cmd_serve(settings, args) -> int:
     return 0
 
 
-def cmd_deadletters_list(settings, args) -> int:
+def _dead_letters(settings):
     from gymops.db import engine_for
     from gymops.ingest.deadletters import DeadLetterStore
 
-    letters = DeadLetterStore(engine_for(settings)).list(include_replayed=args.all, limit=args.limit)
+    return DeadLetterStore(engine_for(settings))
+
+
+def cmd_deadletters_list(settings, args) -> int:
+    letters = _dead_letters(settings).list(include_replayed=args.all, limit=args.limit, offset=args.offset,
+                                           reason=args.reason, source=args.source, field=args.field)
     for letter in letters:
-        state = f"replayed {letter.replayed_at:%Y-%m-%d %H:%M} ({letter.replay_outcome})" if letter.replayed_at else "open"
-        print(f"#{letter.id} {letter.received_at:%Y-%m-%d %H:%M:%S} {letter.source:5} {letter.event_type or '?'} "
-              f"{letter.event_id or '?'} [{state}] {letter.field}: {letter.reason}")
+        print(letter.summary())
         if args.payload:
             print(f"    {letter.payload}")
     print(f"{len(letters)} dead letter(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_deadletters_show(settings, args) -> int:
+    letters = _dead_letters(settings).get([args.id])
+    if not letters:
+        print(f"no dead letter #{args.id}", file=sys.stderr)
+        return 1
+    print(json.dumps(letters[0].to_dict(), ensure_ascii=False, indent=2))
     return 0
 
 
@@ -114,7 +126,8 @@ def cmd_deadletters_replay(settings, args) -> int:
         print("--payload-file replays exactly one dead letter: give its id", file=sys.stderr)
         return 2
     failed = 0
-    for letter, outcome in replay_dead_letters(_replicator(settings), args.ids or None, payload):
+    for letter, outcome in replay_dead_letters(_replicator(settings), args.ids or None, payload,
+                                               reason=args.reason, source=args.source, field=args.field):
         if outcome.status == "dead_letter":
             failed += 1
             print(f"#{letter.id}: still invalid: {outcome.field}: {outcome.reason}")
@@ -144,13 +157,26 @@ def register(sub) -> None:
     p.set_defaults(handler=cmd_serve)
 
     dead = add_group(sub, "deadletters", "list or replay events that failed validation")
-    p = dead.add_parser("list", help="the dead letters, newest first, with the field and the reason")
+    p = dead.add_parser("list", help="the open dead letters, oldest first, with the field and the reason (filters: --reason, --source, --field)")
     p.add_argument("--all", action="store_true", help="include replayed ones")
     p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--offset", type=int, default=0)
     p.add_argument("--payload", action="store_true", help="print each payload too")
+    _filters(p)
     p.set_defaults(handler=cmd_deadletters_list)
+
+    p = dead.add_parser("show", help="one dead letter with its full payload and delivery count (JSON)")
+    p.add_argument("id", type=int)
+    p.set_defaults(handler=cmd_deadletters_show)
 
     p = dead.add_parser("replay", help="re-validate and ingest; no ids: every open dead letter")
     p.add_argument("ids", nargs="*", type=int)
     p.add_argument("--payload-file", help="a corrected payload to replay in place of the stored one")
+    _filters(p)
     p.set_defaults(handler=cmd_deadletters_replay)
+
+
+def _filters(p) -> None:
+    p.add_argument("--reason", help="only those whose reason contains this text")
+    p.add_argument("--source", help="only those from this path: http, amqp, amqp-parked, cli, replay")
+    p.add_argument("--field", help="only those rejected for this field (e.g. similarity, (body), (delivery))")
