@@ -480,3 +480,39 @@ def test_messages_the_broker_parks_at_the_delivery_limit_are_stored_or_dead_lett
         thread.join(30)
     [letter] = [d for d in store.list(limit=1000) if d.message_key == message_key(bad.encode())]
     assert letter.source == "amqp-parked" and letter.field == "finalResult"
+
+
+@pytest.mark.services
+def test_a_store_outage_holds_the_batch_and_dead_letters_nothing(amqp, tmp_path):
+    """Redis unreachable: the consumer keeps the batch (no acknowledgement, no dead letter, no
+    delivery counted towards the limit) and stores it once the stores answer again."""
+    from gymops.history.feature_store import open_store
+    from gymops.ingest.broker import Consumer, Publisher
+    from gymops.ingest.deadletters import message_key
+    from gymops.ingest.replicator import Replicator
+    from gymops.processes import free_port as any_port
+
+    settings = amqp
+    bodies = [json.dumps(task_event(_s3(settings))) for _ in range(20)]
+    publisher = Publisher(settings)
+    publisher.publish_many(bodies)
+    publisher.close()
+    broken = dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{any_port()}/0")
+    consumer = Consumer(broken, Replicator(broken, store=open_store(broken)))
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    time.sleep(8)
+    consumer.stop()
+    thread.join(60)
+    assert consumer.batches == 0 and consumer.poisoned == 0
+    assert _dead_letters(settings).count_keys([message_key(b.encode()) for b in bodies]) == 0
+    ids = {json.loads(b)["eventId"] for b in bodies}
+    consumer = Consumer(settings, Replicator(settings))
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        h = history.history_for(settings, history.TASK_CONFIRMATIONS)
+        wait_for(lambda: h.present(ids) == ids, 60, "the held batch stored once the stores answer")
+    finally:
+        consumer.stop()
+        thread.join(30)
