@@ -11,14 +11,15 @@ from gymops.lifecycle import gates as verification
 from gymops.lifecycle import outbox as events
 from gymops.lifecycle.registry import LAUNDRY, IllegalTransition
 from gymops.ml.dataset import DatasetManifest
-from gymops.ml.evaluate import champion_holdout_accuracy
+from gymops.ml.evaluate import current_holdout, judge_on_holdout
 from gymops.ml.preprocess import IMAGE_SIZE, normalise
 from resources.pipeline import PipelineStore
 from resources.policy import GatesResource
 from resources.registry import RegistryResource
 
 
-def _result(context, registry: RegistryResource, gate: verification.GateResult, version: str | None):
+def _result(context, registry: RegistryResource, gate: verification.GateResult, version: str | None,
+            metadata: dict | None = None):
     if not gate.passed:
         reasons = verification.failures_as_reasons([gate])
         if version is not None:
@@ -33,6 +34,7 @@ def _result(context, registry: RegistryResource, gate: verification.GateResult, 
         passed=gate.passed,
         metadata={
             **{k: v for k, v in gate.figures.items() if isinstance(v, (int, float, str)) and v is not None},
+            **(metadata or {}),
             "failures": dg.MetadataValue.md(
                 "\n".join(f"- **{f.check}**: {f.message}" for f in gate.failures) or "none"),
         },
@@ -67,18 +69,47 @@ def training_dataset_data_check(context: dg.AssetCheckExecutionContext, registry
 
 
 @dg.asset_check(asset=candidate_model, blocking=True, description="Validation >= 0.90, holdout >= 0.88, each "
-                "class >= 0.90, and better than the active model on the same frozen holdout.")
+                "class >= 0.90 (each k of n with its exact interval and pass mark), and better than the active model: "
+                "paired on the current holdout version, non-inferior overall and not worse on the newest photos.")
 def accuracy_gate(context: dg.AssetCheckExecutionContext, pipeline: PipelineStore, registry: RegistryResource,
                   gates: GatesResource, candidate_model: CandidateModel):
-    try:
-        champion, accuracy = champion_holdout_accuracy(registry.registry(), pipeline.path("holdout"), LAUNDRY,
-                                                       IMAGE_SIZE)
+    holdout = current_holdout(pipeline.path("holdout"), LAUNDRY)
+    try:  # both models scored now, on the current version: like with like
+        holdout_metrics, champion = judge_on_holdout(candidate_model.onnx_path, holdout, registry.registry(), IMAGE_SIZE)
     except FileNotFoundError as exc:
         raise dg.Failure(str(exc)) from exc
-    gate = verification.accuracy_gate(candidate_model.metrics, accuracy, gates.settings())
+    gate = verification.accuracy_gate({"val": candidate_model.metrics["val"], "holdout": holdout_metrics}, champion,
+                                      gates.settings())
+    gate.figures["holdout_version"] = holdout.version
+    return _result(context, registry, gate, candidate_model.version, gate_metadata(gate))
+
+
+def gate_metadata(gate: verification.GateResult) -> dict:
+    """Each accuracy check as a figure (its estimate) and a table row: k/n, 95% CI, threshold,
+    pass mark, and the chances a model 0.05 above or below passes; champion against challenger
+    with its paired interval."""
+    rows, meta = [], {}
+    for name, fig in gate.figures.items():
+        if isinstance(fig, dict) and "pass_mark" in fig:
+            meta[name] = dg.MetadataValue.float(float(fig["estimate"]))
+            rows.append(f"| {name} | {fig['k']}/{fig['n']} | {fig['estimate']:.3f} | {fig['ci_low']:.3f}-{fig['ci_high']:.3f} "
+                        f"| {fig['threshold']:g} | {fig['pass_mark']} | {fig['pass_if_above']:.3f} | {fig['pass_if_below']:.3f} "
+                        f"| {'pass' if fig['passed'] else 'FAIL'} |")
+    if rows:
+        meta["checks"] = dg.MetadataValue.md(
+            "| check | right | estimate | 95% CI | threshold | pass mark | P(pass) 0.05 above | P(pass) 0.05 below | |\n"
+            "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+    champion = gate.figures.get("champion")
     if champion:
-        gate.figures["champion_version"] = champion
-    return _result(context, registry, gate, candidate_model.version)
+        meta["champion_version"] = champion["champion_version"]
+        for part in ("overall", "newest"):
+            c = champion.get(part)
+            if c:
+                meta[f"vs_champion.{part}.change"] = dg.MetadataValue.float(float(c["difference"]))
+                meta[f"vs_champion.{part}.ci_low"] = dg.MetadataValue.float(float(c["ci_low"]))
+                meta[f"vs_champion.{part}.photos"] = dg.MetadataValue.int(int(c["n"]))
+                meta[f"vs_champion.{part}.discordant"] = f"{c['challenger_only']} challenger / {c['champion_only']} champion"
+    return meta
 
 
 @dg.asset_check(asset=candidate_model, blocking=True, additional_ins={"training_dataset": dg.AssetIn("training_dataset")},

@@ -36,9 +36,18 @@ class GateSettings:
     val_accuracy: float = 0.90
     holdout_accuracy: float = 0.88
     class_accuracy: float = 0.90
-    # The challenger must beat the champion's holdout accuracy by MORE than this (TFX-style
-    # value threshold + change threshold); 0.0 means "strictly better".
-    min_improvement: float = 0.0
+    # Champion against challenger, paired on the same holdout photos (lifecycle/gates.py): the
+    # challenger may trail the champion overall by less than this, at 95% one-sided confidence
+    # (non-inferiority), and must be at least as accurate on the photos confirmed since the
+    # champion was trained. 0.03: see the README's decision rule (bench/decision.py).
+    noninferiority_margin: float = 0.03
+    # The statistical reading of a threshold (the README's sizing rule): a model ``decision_margin``
+    # below a holdout threshold passes with probability <= ``decision_alpha``, and the holdout grows
+    # until a model ``decision_margin`` above passes with probability >= ``decision_power``
+    # (0.90 +- 0.05 at 99%/5%: 134 photos per class, pass mark 121).
+    decision_margin: float = 0.05
+    decision_power: float = 0.99
+    decision_alpha: float = 0.05
     latency_ms: float = 200.0
     memory_mb: float = 2048.0
     throughput_rps: float = 50.0
@@ -48,10 +57,19 @@ class GateSettings:
 
 @dataclass(frozen=True)
 class RetrainSettings:
-    """When to retrain (UC-24). GYMOPS_RETRAIN_*: min_corrections, min_days, urgent_corrections."""
+    """When to retrain (UC-24), and on what. GYMOPS_RETRAIN_*."""
     min_corrections: int = 100
     min_days: float = 7.0
     urgent_corrections: int = 300
+    # Urgent as well: the served version's correction rate is significantly above its expected
+    # error (1 - its holdout accuracy), by a repeated Wald SPRT against this error rate (retraining.py).
+    urgent_error_rate: float = 0.15
+    # After a launch that did not replace the served model (a rejected candidate), another launch
+    # needs this many new corrections: the count keeps running from the served model's data, this
+    # only keeps the sensor from retraining on the same evidence again.
+    retry_corrections: int = 50
+    # A retraining reads this many days of confirmed history (plus every recent correction).
+    window_days: int = 90
 
 
 @dataclass(frozen=True)
@@ -300,7 +318,10 @@ _KEEP_EMPTY = {"GYMOPS_PG_PASSWORD", "GYMOPS_DAGSTER_PG_URL"}
 # variable -> (lo, hi), inclusive
 _BOUNDS = {
     "GYMOPS_GATE_VAL_ACCURACY": (0.0, 1.0), "GYMOPS_GATE_HOLDOUT_ACCURACY": (0.0, 1.0),
-    "GYMOPS_GATE_CLASS_ACCURACY": (0.0, 1.0), "GYMOPS_GATE_MIN_IMPROVEMENT": (-1.0, 1.0),
+    "GYMOPS_GATE_CLASS_ACCURACY": (0.0, 1.0), "GYMOPS_GATE_NONINFERIORITY_MARGIN": (0.0, 1.0),
+    "GYMOPS_GATE_DECISION_MARGIN": (1e-6, 0.5), "GYMOPS_GATE_DECISION_POWER": (0.5, 0.9999),
+    "GYMOPS_GATE_DECISION_ALPHA": (1e-6, 0.5), "GYMOPS_RETRAIN_URGENT_ERROR_RATE": (1e-6, 0.999),
+    "GYMOPS_RETRAIN_RETRY_CORRECTIONS": (1, math.inf), "GYMOPS_RETRAIN_WINDOW_DAYS": (1, 36500),
     "GYMOPS_GATE_LATENCY_MS": (1e-9, math.inf), "GYMOPS_GATE_MEMORY_MB": (1e-9, math.inf),
     "GYMOPS_GATE_THROUGHPUT_RPS": (0.0, math.inf), "GYMOPS_GATE_PERF_REQUESTS": (1, 1_000_000),
     "GYMOPS_GATE_MIN_CLASS_FRACTION": (0.0, 0.5),

@@ -18,3 +18,7 @@ class FeastResource(SettingsResource):
 
     def corrections_since(self, model_type: str, since: datetime) -> int:
         return self.history(history.TASK_CONFIRMATIONS).count_since(model_type, since, corrected_only=True)
+
+    def verdicts(self, model_type: str, model_version: str) -> list[bool]:
+        """Corrected or not, each confirmation of a task ``model_version`` judged, in event order."""
+        return self.history(history.TASK_CONFIRMATIONS).verdicts(model_type, model_version)

@@ -30,7 +30,10 @@ class GatesResource(_GroupResource):
     val_accuracy: float
     holdout_accuracy: float
     class_accuracy: float
-    min_improvement: float
+    noninferiority_margin: float
+    decision_margin: float
+    decision_power: float
+    decision_alpha: float
     latency_ms: float
     memory_mb: float
     throughput_rps: float
@@ -45,3 +48,6 @@ class RetrainResource(_GroupResource):
     min_corrections: int
     min_days: float
     urgent_corrections: int
+    urgent_error_rate: float
+    retry_corrections: int
+    window_days: int

@@ -1,5 +1,3 @@
-from datetime import datetime
-
 from resources.base import SettingsResource
 
 
@@ -22,7 +20,3 @@ class RegistryResource(SettingsResource):
         from gymops.lifecycle.outbox import Outbox
 
         return self._once("outbox", lambda: Outbox(self._engine()))
-
-    def last_trained_at(self, model_type: str) -> datetime | None:
-        newest = self.registry().history(model_type, limit=1)
-        return newest[0].trained_at if newest else None

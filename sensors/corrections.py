@@ -5,7 +5,7 @@ import dagster as dg
 
 from assets.partitions import RANGE_END, RANGE_START
 from gymops.lifecycle.registry import LAUNDRY
-from gymops.lifecycle.retraining import decide
+from gymops.lifecycle.retraining import MIN_EXPECTED_ERROR, correction_rate, decide, training_window
 from resources.feast import FeastResource
 from resources.policy import RetrainResource
 from resources.registry import RegistryResource
@@ -13,31 +13,38 @@ from resources.registry import RegistryResource
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def training_window(first_day: str, since: datetime | None, now: datetime) -> tuple[str, str]:
-    """The confirmation days a retraining reads: from the last training's day (never before the
-    first partition) through today."""
-    last = now.astimezone(timezone.utc).date().isoformat()  # today is a partition (end_offset=1)
-    start = max(first_day, since.date().isoformat()) if since else first_day
-    return min(start, last), last
-
-
 def laundry_corrections_sensor_fn(context: dg.SensorEvaluationContext, first_day: str, feast: FeastResource,
                                   registry: RegistryResource, retrain: RetrainResource):
+    """Evidence against the SERVED model (gymops.lifecycle.retraining): corrections since its
+    training, and the SPRT over its own verdicts. The cursor remembers the last launch and the
+    served version then: while the same version serves, another launch needs retry_corrections
+    new corrections (a rejected candidate keeps the count, it does not retrain on the same evidence)."""
     now = datetime.now(timezone.utc)
+    policy = retrain.settings()
     cursor = json.loads(context.cursor) if context.cursor else {}
-    launched = datetime.fromisoformat(cursor["launched_at"]) if cursor.get("launched_at") else None
-    trained = registry.last_trained_at(LAUNDRY)
-    # since the last training, or since the last launch if that is newer (a run may still be going)
-    since = max((t for t in (trained, launched) if t is not None), default=None)
+    served = registry.registry().active(LAUNDRY)
+    since = served.trained_at if served else None
     corrections = feast.corrections_since(LAUNDRY, since or EPOCH)
-    decision = decide(corrections, since, now, retrain.settings())
+    rate = None
+    if served is not None:
+        holdout = (served.metrics or {}).get("holdout") or {}
+        expected = 1 - float(holdout.get("accuracy", 1 - MIN_EXPECTED_ERROR))
+        rate = correction_rate(feast.verdicts(LAUNDRY, served.version), expected, policy)
+    decision = decide(corrections, since, now, policy, rate)
     if not decision.retrain:
         return dg.SkipReason(decision.reason)
-    start, end = training_window(first_day, since, now)
-    context.update_cursor(json.dumps({"launched_at": now.isoformat(), "corrections": corrections}))
+    serving = served.version if served else "none"
+    if cursor.get("serving") == serving and cursor.get("launched_at"):
+        new = corrections - int(cursor.get("corrections", 0))
+        if new < policy.retry_corrections:
+            return dg.SkipReason(
+                f"{decision.reason}; a training was launched at {cursor['launched_at']} for {serving} with "
+                f"{cursor.get('corrections')} corrections: {new} new since, another launch at {policy.retry_corrections}")
+    start, end = training_window(first_day, now, policy.window_days)
+    context.update_cursor(json.dumps({"launched_at": now.isoformat(), "serving": serving, "corrections": corrections}))
     context.log.info("launching laundry training: %s", decision.reason)
     return dg.RunRequest(
-        run_key=f"laundry-since-{since.isoformat() if since else 'never'}",
+        run_key=f"laundry-{serving}-{corrections}-{rate.verdicts if rate else 0}",
         tags={RANGE_START: start, RANGE_END: end, "gymops/trigger": decision.reason[:200]},
     )
 
@@ -49,9 +56,10 @@ def build_laundry_corrections_sensor(job, confirmation_days: dg.PartitionsDefini
 
     @dg.sensor(name="laundry_corrections_sensor", job=job, minimum_interval_seconds=60,
                default_status=dg.DefaultSensorStatus.RUNNING,
-               description="Retrain the laundry model when enough corrections arrived since the last training "
-                           "and enough days have passed, or the urgent threshold is reached (resource `retrain`; "
-                           "defaults 100 and 7 days, or 300).")
+               description="Retrain the laundry model when enough corrections arrived since the served model "
+                           "was trained and enough days have passed, or the urgent threshold is reached, or its "
+                           "correction rate is significantly above its promise (SPRT) (resource `retrain`; "
+                           "defaults 100 and 7 days, or 300, or 15% errors).")
     def laundry_corrections_sensor(context, feast: FeastResource, registry: RegistryResource,
                                    retrain: RetrainResource):
         return laundry_corrections_sensor_fn(context, first_day, feast, registry, retrain)

@@ -81,8 +81,8 @@ def test_holdout_is_stratified_frozen_and_only_loaded_afterwards(tmp_path, fetch
     counts = h.class_counts
     n_def = sum(1 for r, _ in fetched if r.label == DEFECTIVE)
     assert counts[DEFECTIVE] == max(4, round(0.15 * n_def)) and counts[GOOD] >= 4
-    manifest = json.loads((tmp_path / "laundry" / "manifest.json").read_text())
-    assert manifest["task_ids"] == h.task_ids and manifest["labels"] == h.labels
+    manifest = json.loads((tmp_path / "laundry" / "v0001" / "manifest.json").read_text())
+    assert manifest["task_ids"] == h.task_ids and manifest["labels"] == h.labels and h.version == 1
     # A second call with other candidates (and other settings) returns the same frozen set.
     again = Holdout.freeze_or_load(tmp_path, "laundry", fetched[::-1][:30], fraction=0.5, min_per_class=1, seed=9)
     assert again.task_ids == h.task_ids and again.labels == h.labels
@@ -96,6 +96,32 @@ def test_holdout_is_stratified_frozen_and_only_loaded_afterwards(tmp_path, fetch
     # Another model type has a holdout of its own.
     other = Holdout.freeze_or_load(tmp_path, "face-test", fetched[:30], min_per_class=2, seed=1)
     assert other.path != h.path
+
+
+def test_holdout_grows_in_versions_from_newly_confirmed_tasks_only(tmp_path, fetched):
+    """Version 1 from the first 40 tasks; version 2 adds a share of the tasks confirmed after them
+    (never one of the first 40: those may have been trained on), up to the sizing target."""
+    ordered = sorted(fetched, key=lambda rd: str(rd[0].event_timestamp))
+    old, new = ordered[:40], ordered[40:]
+    v1 = Holdout.freeze_or_load(tmp_path, "laundry", old, fraction=0.2, min_per_class=2, seed=1)
+    assert v1.version == 1 and v1.considered_until and all(v == 1 for v in v1.added_in)
+    v2 = v1.grow(old + new, fraction=0.2, target_per_class=1000, max_share=0.5)
+    assert v2.version == 2 and Holdout.versions(tmp_path, "laundry") == [1, 2]
+    added = [t for t, v in zip(v2.task_ids, v2.added_in) if v == 2]
+    assert added and set(added) <= {r.task_id for r, _ in new}  # only newly confirmed tasks
+    assert v2.task_ids[:len(v1)] == v1.task_ids and v2.added_after(1) == [False] * len(v1) + [True] * len(added)
+    for label in (GOOD, DEFECTIVE):  # below the target: half of each class's new tasks
+        n_new = sum(1 for r, _ in new if r.label == label)
+        assert sum(1 for t, lab in zip(added, v2.labels[len(v1):]) if lab == label) == int(0.5 * n_new)
+    assert Holdout.load(tmp_path, "laundry").version == 2 and Holdout.load(tmp_path, "laundry", 1).task_ids == v1.task_ids
+    by_id = {r.task_id: d for r, d in fetched}
+    assert v2.photos() == [by_id[t] for t in v2.task_ids]
+    # nothing newer: the same version; the same candidates again: nothing is drawn twice
+    assert v2.grow(old + new).version == 2
+    # at the target only the fraction is set aside
+    from gymops.ml.dataset import count_per_class
+    assert count_per_class(100, 200, 0.1, 134, 0.5) == 10 and count_per_class(100, 100, 0.1, 134, 0.5) == 34
+    assert count_per_class(10, 0, 0.1, 134, 0.5) == 5 and count_per_class(3, 0, 0.0, 0, 0.5) == 0
 
 
 def test_holdout_choice_does_not_depend_on_candidate_order(tmp_path, fetched):
@@ -201,3 +227,21 @@ def test_build_without_holdout_and_with_too_few_tasks(tmp_path, fetched):
         [(r, d) for r, d in fetched if r.label == DEFECTIVE][:1]
     with pytest.raises(NotEnoughData):
         build_dataset(one_defect, None, tmp_path / "few", size=SIZE)
+
+
+def test_corrected_tasks_are_oversampled_in_training_only(tmp_path, fetched):
+    """A corrected training task gives corrected_copies images (the model's own mistakes weigh more);
+    validation photos stay one each; the setting is part of the dataset id."""
+    import dataclasses
+
+    marked = [(dataclasses.replace(r, corrected=i % 4 == 0), d) for i, (r, d) in enumerate(fetched)]
+    plain = build_dataset(marked, None, tmp_path / "plain", copies=2, size=SIZE, seed=0)
+    boosted = build_dataset(marked, None, tmp_path / "boosted", copies=2, size=SIZE, seed=0, corrected_copies=4)
+    assert boosted.dataset_id != plain.dataset_id and boosted.train_task_ids == plain.train_task_ids
+    corrected = {r.task_id for r, _ in marked if r.corrected}
+    n_corr = sum(1 for t in boosted.train_task_ids if t in corrected)
+    assert n_corr and boosted.counts["corrected_train_tasks"] == n_corr
+    assert boosted.counts["train_images"] == plain.counts["train_images"] + 2 * n_corr
+    per_task = Counter(boosted.task_ids("train").tolist())
+    assert all(per_task[t] == (4 if t in corrected else 2) for t in boosted.train_task_ids)
+    assert boosted.counts["val_images"] == len(boosted.val_task_ids)

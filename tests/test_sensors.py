@@ -1,6 +1,7 @@
 """The retraining rule (UC-24) through the real sensor, with build_sensor_context, against a real
 embedded Feast history and model registry."""
 import json
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
@@ -21,7 +22,7 @@ POLICY = RetrainSettings(min_corrections=100, min_days=7, urgent_corrections=300
     (150, 7, True, "7 days since"),
     (299, 6, False, "urgent at 300"),
     (300, 1, True, "urgent threshold"),
-    (100, None, True, "no model trained yet"),
+    (100, None, True, "no model serving yet"),
 ])
 def test_the_rule(corrections, days_ago, retrain, why):
     since = None if days_ago is None else NOW - timedelta(days=days_ago)
@@ -41,18 +42,37 @@ def sensor_env(tmp_path):
     return settings
 
 
-def ingest_corrections(settings, n, corrected=True):
+def ingest_corrections(settings, n, corrected=True, version="none"):
     photo = f"file://{settings.photo_root}/tasks/BR-1/p.jpg"
-    Replicator(settings).ingest([json.dumps(task_event(photo, corrected=corrected)) for _ in range(n)], "test")
+    Replicator(settings).ingest([json.dumps(task_event(photo, corrected=corrected, aiModelVersion=version))
+                                 for _ in range(n)], "test")
 
 
-def register_training(settings, days_ago):
+def ingest_verdicts(settings, version, pattern, after=0):
+    """Confirmations of tasks ``version`` judged, in this order (True = corrected), a second apart
+    (from ``after`` seconds past 10:00)."""
+    photo = f"file://{settings.photo_root}/tasks/BR-1/p.jpg"
+    start = datetime(2026, 11, 21, 10, tzinfo=timezone.utc)
+    Replicator(settings).ingest([json.dumps(task_event(
+        photo, corrected=c, aiModelVersion=version,
+        timestamp=(start + timedelta(seconds=after + i)).isoformat().replace("+00:00", "Z"))) for i, c in enumerate(pattern)],
+        "test")
+
+
+def _registry(settings):
     from gymops.db import engine_for
     from gymops.lifecycle.registry import ModelRegistry
 
-    return ModelRegistry(engine_for(settings)).register_candidate(
-        "laundry", "efficientnet_lite0", {"accuracy": 0.9}, "ds-1", "run-1", "/nonexistent.onnx",
-        trained_at=datetime.now(timezone.utc) - timedelta(days=days_ago))
+    return ModelRegistry(engine_for(settings))
+
+
+def register_training(settings, days_ago, holdout_accuracy=0.97, activate=True):
+    """A version trained ``days_ago``, serving (active) unless ``activate`` is False."""
+    reg = _registry(settings)
+    version = reg.register_candidate(
+        "laundry", "efficientnet_lite0", {"holdout": {"accuracy": holdout_accuracy}}, "ds-1", "run-1",
+        f"/nonexistent-{uuid.uuid4().hex}.onnx", trained_at=datetime.now(timezone.utc) - timedelta(days=days_ago))
+    return reg.activate("laundry", version.version) if activate else version
 
 
 def evaluate(settings, cursor=None):
@@ -86,12 +106,12 @@ def test_threshold_and_seven_days_launch_once(sensor_env):
     ingest_corrections(sensor_env, 120)
     result, cursor = evaluate(sensor_env)
     [request] = result.run_requests
-    assert request.run_key.startswith("laundry-since-")
+    assert request.run_key.startswith("laundry-")
     start, end = request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]
     assert start <= end
     # a second tick with no new data launches nothing
     again, _ = evaluate(sensor_env, cursor)
-    assert not again.run_requests and "corrections since the last training" in again.skip_message
+    assert not again.run_requests and "another launch at 50" in again.skip_message
 
 
 def test_urgent_threshold_launches_early(sensor_env):
@@ -107,18 +127,77 @@ def test_urgent_threshold_launches_early(sensor_env):
 
 
 def test_the_window_starts_at_the_first_partition_of_the_settings(sensor_env):
-    """settings.partitions reaches the sensor's window (a first training reads from the first day)."""
+    """settings.partitions reaches the sensor's window (never before the first day)."""
     ingest_corrections(sensor_env, 100)
-    result, _ = evaluate(sensor_env.replace(partitions={"start": "2026-10-15"}))
+    first = (datetime.now(timezone.utc) - timedelta(days=20)).date().isoformat()
+    result, _ = evaluate(sensor_env.replace(partitions={"start": first}))
     [request] = result.run_requests
-    assert request.tags["dagster/asset_partition_range_start"] == "2026-10-15"
+    assert request.tags["dagster/asset_partition_range_start"] == first
+
+
+def test_a_rejected_candidate_does_not_reset_the_count(sensor_env):
+    """Corrections count from the SERVED model's training: a candidate trained (and rejected) since
+    leaves the count as it was; another launch waits for retry_corrections new ones only."""
+    served = register_training(sensor_env, days_ago=8)
+    ingest_corrections(sensor_env, 120)
+    result, cursor = evaluate(sensor_env)
+    [request] = result.run_requests
+    reg = _registry(sensor_env)
+    rejected = register_training(sensor_env, days_ago=0, activate=False)  # the launched run's candidate ...
+    reg.reject("laundry", rejected.version, [{"gate": "accuracy", "check": "x", "message": "worse"}])  # ... rejected
+    again, cursor2 = evaluate(sensor_env, cursor)
+    assert not again.run_requests
+    assert "120 corrections and 8 days" in again.skip_message and "another launch at 50" in again.skip_message
+    ingest_corrections(sensor_env, 50)
+    third, _ = evaluate(sensor_env, cursor2)
+    [retry] = third.run_requests
+    assert "170 corrections" in retry.tags["gymops/trigger"] and retry.run_key != request.run_key
+    assert reg.active("laundry").version == served.version
+
+
+def test_a_correction_rate_above_the_promise_is_urgent(sensor_env):
+    """16 corrections in 40 verdicts of the served version (40%, it promised 3%): urgent long
+    before 100 corrections or a week; 2 in 100 (as promised) is not."""
+    served = register_training(sensor_env, days_ago=1, holdout_accuracy=0.97)
+    ingest_verdicts(sensor_env, served.version, [False] * 49 + [True] + [False] * 49 + [True])
+    result, _ = evaluate(sensor_env)
+    assert not result.run_requests and "as promised" in result.skip_message, result.skip_message
+    ingest_verdicts(sensor_env, served.version, [i % 5 in (0, 3) for i in range(40)], after=100)
+    result, _ = evaluate(sensor_env)
+    [request] = result.run_requests
+    assert request.tags["gymops/trigger"].startswith("urgent:") and "SPRT" in request.tags["gymops/trigger"]
+
+
+def test_the_window_reaches_back_window_days(sensor_env):
+    """A retraining reads the confirmed history of the last window_days, not only the days since
+    the last training (settings.retrain.window_days)."""
+    register_training(sensor_env, days_ago=8)
+    ingest_corrections(sensor_env, 120)
+    settings = sensor_env.replace(partitions={"start": "2026-01-01"}, retrain={"window_days": 30})
+    [request] = evaluate(settings)[0].run_requests
+    start, end = request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]
+    assert (datetime.fromisoformat(end) - datetime.fromisoformat(start)).days == 30
+
+
+def test_correction_rate_against_known_cases():
+    from gymops.lifecycle.retraining import correction_rate
+
+    # p0 = 0.03, p1 = 0.15: an error adds log(5) = 1.609, a right verdict log(0.85/0.97) = -0.132;
+    # alarm at log(0.95/0.001) = 6.856: 5 errors in a row (8.05) alarm, 4 (6.44) do not
+    assert correction_rate([True] * 5, 0.03, POLICY).alarm
+    assert correction_rate([True] * 4, 0.03, POLICY).decision == "undecided"
+    # the lower bound log(0.05/0.999) = -2.995 is 23 right verdicts: then the test starts again
+    check = correction_rate([False] * 23 + [True] * 4, 0.03, POLICY)
+    assert not check.alarm and check.llr == pytest.approx(4 * 1.6094379, abs=1e-6)
+    assert correction_rate([], 0.03, POLICY).decision == "no data"
+    assert correction_rate([True] * 10, 0.20, POLICY).decision == "undecided"  # promised worse than the alarm rate
 
 
 def test_first_training_launches_when_enough_corrections(sensor_env):
     ingest_corrections(sensor_env, 100)
     result, _ = evaluate(sensor_env)
     [request] = result.run_requests
-    assert request.run_key == "laundry-since-never"
+    assert request.run_key.startswith("laundry-none-100")
 
 
 def test_face_schedule_is_nightly_on_gym_days():

@@ -78,8 +78,8 @@ def test_environment_round_trips_every_setting(tmp_path):
 
 
 def test_replace_changes_one_field_of_a_group():
-    s = Settings().replace(gates={"min_improvement": -0.04})
-    assert s.gates.min_improvement == -0.04 and s.gates.val_accuracy == 0.90
+    s = Settings().replace(gates={"noninferiority_margin": 0.04})
+    assert s.gates.noninferiority_margin == 0.04 and s.gates.val_accuracy == 0.90
     assert isinstance(s.home, Path)
 
 

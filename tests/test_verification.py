@@ -160,49 +160,122 @@ def test_training_dataset_checks():
 def test_gate_settings_from_the_environment():
     assert Settings.from_env({}).gates == GateSettings()
     t = GateSettings()
-    assert (t.val_accuracy, t.holdout_accuracy, t.class_accuracy, t.min_improvement, t.latency_ms, t.memory_mb,
-            t.throughput_rps, t.perf_requests, t.min_class_fraction) == (0.90, 0.88, 0.90, 0.0, 200, 2048, 50, 1000, 0.1)
+    assert (t.val_accuracy, t.holdout_accuracy, t.class_accuracy, t.noninferiority_margin, t.latency_ms, t.memory_mb,
+            t.throughput_rps, t.perf_requests, t.min_class_fraction) == (0.90, 0.88, 0.90, 0.03, 200, 2048, 50, 1000, 0.1)
+    assert (t.decision_margin, t.decision_power, t.decision_alpha) == (0.05, 0.99, 0.05)
     t = Settings.from_env({"GYMOPS_GATE_VAL_ACCURACY": "0.95", "GYMOPS_GATE_PERF_REQUESTS": "200",
-                           "GYMOPS_GATE_MIN_IMPROVEMENT": "0.01", "GYMOPS_GATE_LATENCY_MS": ""}).gates
-    assert (t.val_accuracy, t.perf_requests, t.min_improvement, t.latency_ms) == (0.95, 200, 0.01, 200)
+                           "GYMOPS_GATE_NONINFERIORITY_MARGIN": "0.01", "GYMOPS_GATE_LATENCY_MS": ""}).gates
+    assert (t.val_accuracy, t.perf_requests, t.noninferiority_margin, t.latency_ms) == (0.95, 200, 0.01, 200)
     for var, raw in [("GYMOPS_GATE_VAL_ACCURACY", "high"), ("GYMOPS_GATE_HOLDOUT_ACCURACY", "1.5"),
                      ("GYMOPS_GATE_PERF_REQUESTS", "10.5"), ("GYMOPS_GATE_LATENCY_MS", "0"),
-                     ("GYMOPS_GATE_MEMORY_MB", "nan"), ("GYMOPS_GATE_MIN_CLASS_FRACTION", "0.7")]:
+                     ("GYMOPS_GATE_MEMORY_MB", "nan"), ("GYMOPS_GATE_MIN_CLASS_FRACTION", "0.7"),
+                     ("GYMOPS_GATE_NONINFERIORITY_MARGIN", "-0.04"), ("GYMOPS_GATE_DECISION_ALPHA", "0")]:
         with pytest.raises(ConfigError, match=var):
             Settings.from_env({var: raw})
 
 
-def metrics(acc, good, defective):
-    return {"accuracy": acc, "per_class_accuracy": {"good": good, "defective": defective}, "f1": acc, "auc": 0.97,
-            "confusion": [[45, 3], [2, 50]]}
+def metrics(good_right, good_n, defective_right, defective_n):
+    """classification_metrics' shape, from counts: confusion [[tn, fp], [fn, tp]]."""
+    tn, fp, tp, fn = good_right, good_n - good_right, defective_right, defective_n - defective_right
+    n = good_n + defective_n
+    return {"accuracy": (tn + tp) / n, "per_class_accuracy": {"good": tn / good_n, "defective": tp / defective_n},
+            "confusion": [[tn, fp], [fn, tp]], "n": n}
 
 
-def candidate(val=0.93, holdout=0.92, good=0.93, defective=0.91):
-    return {"val": metrics(val, 0.94, 0.92), "holdout": metrics(holdout, good, defective)}
+def candidate(good=(130, 134), defective=(130, 134), val=(57, 60, 38, 40)):
+    return {"val": metrics(*val), "holdout": metrics(*good, *defective)}
 
 
-def test_accuracy_gate_rules():
-    ok = accuracy_gate(candidate(), champion_holdout_accuracy=0.90)
-    assert ok.passed and ok.figures["improvement"] == pytest.approx(0.02)
-    assert accuracy_gate(candidate(), None).passed  # the first model has no champion
-    assert failed_checks(accuracy_gate(candidate(val=0.89))) == {"val_accuracy"}
-    assert failed_checks(accuracy_gate(candidate(holdout=0.87))) == {"holdout_accuracy"}
-    assert failed_checks(accuracy_gate(candidate(defective=0.85))) == {"class_accuracy.defective"}
-    assert failed_checks(accuracy_gate(candidate(good=0.80))) == {"class_accuracy.good"}
-    same = accuracy_gate(candidate(holdout=0.92), champion_holdout_accuracy=0.92)
-    assert failed_checks(same) == {"better_than_champion"}
-    assert "does not beat the active model" in same.failures[0].message
-    worse = accuracy_gate(candidate(holdout=0.91), champion_holdout_accuracy=0.95)
-    assert failed_checks(worse) == {"better_than_champion"}
-    margin = GateSettings(min_improvement=0.01)
-    assert failed_checks(accuracy_gate(candidate(holdout=0.925), 0.92, margin)) == {"better_than_champion"}
-    assert accuracy_gate(candidate(holdout=0.935), 0.92, margin).passed
-    missing = accuracy_gate({"validation": metrics(0.95, 0.95, 0.95)})
+def _sf(k, n, p):
+    """P(X >= k), X ~ Binomial(n, p), summed exactly (independent of scipy)."""
+    from math import comb
+
+    return sum(comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+
+def test_pass_mark_against_closed_binomial_forms():
+    from gymops.lifecycle.gates import holdout_target, pass_mark
+
+    # The README's sizing rule: 0.90 +- 0.05 at 99%/5% -> 134 photos, pass mark 121.
+    assert holdout_target(GateSettings()) == 134
+    assert pass_mark(134, 0.90, 0.05, 0.05) == 121
+    assert _sf(121, 134, 0.85) <= 0.05 < _sf(120, 134, 0.85) and _sf(121, 134, 0.95) >= 0.99
+    # 25 photos: a 0.85 model gets all 25 with 0.85**25 = 0.017, 24+ with 0.093: only 25/25 passes.
+    assert pass_mark(25, 0.90, 0.05, 0.05) == 25
+    assert _sf(25, 25, 0.85) == pytest.approx(0.85 ** 25) and _sf(24, 25, 0.85) > 0.05
+    # Many photos: the design's threshold is the stricter one (0.88 * 268 = 235.8 -> 236).
+    assert pass_mark(268, 0.88, 0.05, 0.05) == 236
+    assert pass_mark(3, 0.90, 0.05, 0.05) == 4  # 3 photos can never show it
+
+
+def test_threshold_checks_state_k_n_interval_and_pass_mark():
+    ok = accuracy_gate(candidate(good=(121, 134), defective=(125, 134)))
+    assert ok.passed, ok.failures
+    g = ok.figures["class_accuracy.good"]
+    assert (g["k"], g["n"], g["pass_mark"], g["threshold"]) == (121, 134, 121, 0.90)
+    assert g["ci_low"] < 121 / 134 < g["ci_high"] and g["pass_if_above"] >= 0.99 and g["pass_if_below"] <= 0.05
+    one_short = accuracy_gate(candidate(good=(120, 134)))
+    assert failed_checks(one_short) == {"class_accuracy.good"}
+    assert "120/134" in one_short.failures[0].message and "121 of 134 needed" in one_short.failures[0].message
+    # 22 of 25 (0.88) fails the class check; so would 24 of 25 (0.96): 25 photos cannot tell 0.96 from 0.85
+    assert failed_checks(accuracy_gate(candidate(defective=(24, 25)))) == {"class_accuracy.defective"}
+    # validation is read by its estimate alone (it also chose the epoch): 54/60 + 36/40 = 0.90 passes
+    assert accuracy_gate(candidate(val=(54, 60, 36, 40))).passed
+    assert failed_checks(accuracy_gate(candidate(val=(54, 60, 35, 40)))) == {"val_accuracy"}
+    # overall 0.88: 236 of 268 needed
+    low = accuracy_gate(candidate(good=(121, 134), defective=(114, 134)), thresholds=GateSettings(class_accuracy=0.8))
+    assert failed_checks(low) == {"holdout_accuracy"} and low.figures["holdout_accuracy"]["pass_mark"] == 236
+    missing = accuracy_gate({"validation": metrics(57, 60, 38, 40)})
     assert failed_checks(missing) == {"holdout_accuracy", "class_accuracy.good", "class_accuracy.defective"}
     assert "missing" in missing.failures[0].message
-    payload = model_verification_failed("laundry", "1.2.0", failures_as_reasons([same, ok]), "run-1")
-    assert payload["reasons"] == [{"gate": "accuracy", "check": "better_than_champion", "value": 0.92,
-                                   "threshold": 0.92, "message": same.failures[0].message}]
+
+
+def _answers(n, challenger_only, champion_only, both_wrong=3):
+    """Per-photo right/wrong of two models on n photos with the given discordant counts."""
+    a = [True] * n
+    b = [True] * n
+    i = 0
+    for _ in range(challenger_only):
+        b[i] = False; i += 1
+    for _ in range(champion_only):
+        a[i] = False; i += 1
+    for _ in range(both_wrong):
+        a[i] = b[i] = False; i += 1
+    return a, b
+
+
+def test_champion_comparison_is_paired_with_a_margin():
+    from gymops.lifecycle.gates import compare_with_champion
+
+    # 6 photos only the challenger gets right, none the other way: p = 0.5**6, the 90% exact lower
+    # bound of the discordant share is 0.05**(1/6) = 0.607 -> difference >= (2*0.607-1)*6/300 = +0.0043
+    cmp = compare_with_champion("1.0.0", 2, *_answers(300, 6, 0))
+    assert cmp.overall.p_better == pytest.approx(0.5 ** 6)
+    assert cmp.overall.ci_low == pytest.approx((2 * 0.05 ** (1 / 6) - 1) * 6 / 300, abs=1e-6)
+    assert accuracy_gate(candidate(), cmp).passed
+    # 2 vs 8: change -0.02; the lower bound of 2/10 (90%) p solves P(X >= 2 | 10, p) = 0.05
+    worse = compare_with_champion("1.0.0", 2, *_answers(300, 2, 8))
+    p = worse.overall.ci_low * 300 / 10 / 2 + 0.5
+    assert _sf(2, 10, p) == pytest.approx(0.05, abs=1e-6)
+    result = accuracy_gate(candidate(), worse)
+    assert failed_checks(result) == {"better_than_champion.overall"} and "non-inferiority" in result.failures[0].message
+    # the same with a margin of 0.04: -0.031 is inside it
+    assert accuracy_gate(candidate(), worse, GateSettings(noninferiority_margin=0.04)).passed
+    # equal models (4 vs 4 discordant of 300): inside the margin, passes
+    assert accuracy_gate(candidate(), compare_with_champion("1.0.0", 2, *_answers(300, 4, 4))).passed
+    # worse on the photos confirmed since the champion was trained: fails even when non-inferior overall
+    a, b = _answers(300, 5, 3)
+    newest = [False] * 5 + [True] * 3 + [True] * 50 + [False] * 242  # the newest 53 hold the champion's 3 wins
+    nw = compare_with_champion("1.0.0", 2, a, b, newest)
+    assert nw.newest.n == 53 and (nw.newest.challenger_only, nw.newest.champion_only) == (0, 3)
+    assert failed_checks(accuracy_gate(candidate(), nw)) == {"better_than_champion.newest"}
+    # ties on the newest photos pass (a retrain with nothing new to learn is not held back by chance)
+    tie = compare_with_champion("1.0.0", 2, a, b, [True] * 2 + [False] * 3 + [True] * 2 + [False] * 293)
+    assert (tie.newest.challenger_only, tie.newest.champion_only) == (2, 2) and accuracy_gate(candidate(), tie).passed
+    # the reasons an event carries
+    payload = model_verification_failed("laundry", "1.2.0", failures_as_reasons([result]), "run-1")
+    [reason] = payload["reasons"]
+    assert reason["check"] == "better_than_champion.overall" and reason["threshold"] == -0.03
 
 
 @pytest.fixture(scope="module")

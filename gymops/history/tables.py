@@ -201,6 +201,13 @@ class FileHistory:
         with closing(self._connect()) as conn:
             return conn.execute(sql, (model_type, _micros(since))).fetchone()[0]
 
+    def verdicts(self, model_type: str, model_version: str) -> list[bool]:
+        """Whether each confirmation of a task the ``model_version`` judged was a correction, in
+        event order: that version's live record (the retraining rate test reads it)."""
+        frame = self.read().select(["model_type", "ai_model_version", "corrected", "event_timestamp"]).to_pandas()
+        frame = frame[(frame.model_type == model_type) & (frame.ai_model_version == model_version)]
+        return [bool(v) for v in frame.sort_values("event_timestamp", kind="mergesort").corrected]
+
     def entity_rows(self, start: datetime | None = None, end: datetime | None = None,
                     corrected_only: bool = False, newest: int | None = None):
         """(entity key, event_timestamp, created) of the rows timestamped in [start, end), newest first."""
@@ -305,6 +312,14 @@ class PostgresHistory:
             sql += " AND corrected"
         with self._connect() as conn:
             return conn.execute(sql, (model_type, since)).fetchone()[0]
+
+    def verdicts(self, model_type: str, model_version: str) -> list[bool]:
+        """Whether each confirmation of a task the ``model_version`` judged was a correction, in event order."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"SELECT corrected FROM {self.schema}.{self.table} WHERE model_type = %s AND ai_model_version = %s "
+                "ORDER BY event_timestamp", (model_type, model_version)).fetchall()
+        return [bool(r[0]) for r in rows]
 
     def entity_rows(self, start: datetime | None = None, end: datetime | None = None,
                     corrected_only: bool = False, newest: int | None = None):

@@ -2,8 +2,9 @@
 
 - data: Great Expectations 1.x suites over the corrected tasks and over the training dataset's
   per-image manifest (``check_corrected_tasks``, ``check_training_dataset``);
-- accuracy: validation and frozen-holdout accuracy, each class, and better than the active model
-  on the same holdout (``accuracy_gate``);
+- accuracy: validation and holdout accuracy, each class, each stated as k of n with its exact
+  interval and pass mark, and better than the active model on the same holdout photos, paired
+  (``accuracy_gate``; the rule is the README's "How a new model is judged");
 - performance: latency, throughput and memory measured in a sandbox process, never on the
   production server (``performance_gate``).
 
@@ -24,6 +25,8 @@ from typing import Any, Iterable, Mapping
 from gymops.settings import GateSettings, quiet_tools
 from gymops.ingest.events import DEFECTIVE, GOOD, LABELS, MAX_FUTURE_SKEW
 from gymops.lifecycle.outbox import failure_reason
+from gymops.lifecycle.statistics import (Estimate, PairedComparison, gate_sample_size, paired_comparison,
+                                         pass_probability)
 from gymops.ml.preprocess import IMAGE_SIZE
 
 PHOTO_URL_PATTERN = r"^(?:file|s3)://"
@@ -319,13 +322,91 @@ def _number(metrics: Mapping | None, *path: str) -> float | None:
     return float(value)
 
 
-def accuracy_gate(candidate: Mapping, champion_holdout_accuracy: float | None = None,
+def estimates(metrics: Mapping | None) -> dict[str, Estimate] | None:
+    """Right answers of n, overall and per class, read from a metrics dict's confusion matrix
+    [[tn, fp], [fn, tp]] (gymops.ml.evaluate.classification_metrics): the counts every accuracy
+    figure of a gate is stated with. None without a confusion matrix."""
+    confusion = metrics.get("confusion") if isinstance(metrics, Mapping) else None
+    try:
+        (tn, fp), (fn, tp) = [[int(v) for v in row] for row in confusion]
+    except (TypeError, ValueError):
+        return None
+    return {"overall": Estimate(tn + tp, tn + fp + fn + tp), GOOD: Estimate(tn, tn + fp),
+            DEFECTIVE: Estimate(tp, fn + tp)}
+
+
+def pass_mark(n: int, threshold: float, margin: float, alpha: float) -> int:
+    """The fewest right answers of ``n`` with which a threshold check passes: the estimate reaches
+    the threshold (the design's figure), AND a model ``margin`` below the threshold would get that
+    many with probability <= ``alpha``. On a holdout of the README's size (gate_sample_size: 134
+    photos for 0.90 +- 0.05 at 99%/5%) the two coincide (121); on fewer photos the second is the
+    stricter one, so a small holdout costs power, never the stated false-pass rate. Above n (the
+    value n + 1) when no count of n photos can satisfy both."""
+    k = math.ceil(threshold * n - 1e-9)
+    low = max(threshold - margin, 0.0)
+    while k <= n and pass_probability(low, n, k) > alpha:
+        k += 1
+    return k
+
+
+def threshold_check(estimate: Estimate, threshold: float, t: GateSettings, guarded: bool = True) -> dict:
+    """The figures of one threshold check: k, n, the estimate and its 95% exact interval, the
+    threshold, the pass mark, and the chance a model ``decision_margin`` above (below) the
+    threshold passes with this n. ``guarded`` False: the pass mark is the threshold alone (the
+    validation check, whose photos also chose the epoch: a training sanity check, not the
+    deployment decision)."""
+    n = estimate.n
+    mark = pass_mark(n, threshold, t.decision_margin, t.decision_alpha) if guarded else math.ceil(threshold * n - 1e-9)
+    above, below = min(threshold + t.decision_margin, 1.0), max(threshold - t.decision_margin, 0.0)
+    return {**estimate.as_dict(), "threshold": threshold, "pass_mark": mark,
+            "pass_if_above": round(pass_probability(above, n, mark), 4) if n else 0.0,
+            "pass_if_below": round(pass_probability(below, n, mark), 4) if n else 0.0,
+            "passed": n > 0 and estimate.k >= mark}
+
+
+@dataclass(frozen=True)
+class ChampionComparison:
+    """The active model (champion) against the candidate (challenger), each photo of the CURRENT
+    holdout version judged by both: ``overall`` on all of it, ``newest`` on the photos set aside
+    since the champion was trained (confirmed after its data: where its corrections live; None
+    when there are none)."""
+    champion_version: str
+    holdout_version: int
+    overall: PairedComparison
+    newest: PairedComparison | None = None
+
+    def as_dict(self) -> dict:
+        return {"champion_version": self.champion_version, "holdout_version": self.holdout_version,
+                "overall": self.overall.as_dict(), "newest": self.newest.as_dict() if self.newest else None}
+
+
+def compare_with_champion(champion_version: str, holdout_version: int, challenger_right, champion_right,
+                          newest_mask=None) -> ChampionComparison:
+    """Paired comparisons (McNemar, exact) of two models' per-photo answers on the same holdout,
+    overall and on the photos ``newest_mask`` marks. The 90% two-sided interval's lower bound is
+    a one-sided 95% bound: the non-inferiority test."""
+    a, b = [bool(x) for x in challenger_right], [bool(x) for x in champion_right]
+    overall = paired_comparison(a, b, confidence=0.90)
+    newest = None
+    if newest_mask is not None and any(newest_mask):
+        keep = [bool(m) for m in newest_mask]
+        newest = paired_comparison([x for x, m in zip(a, keep) if m], [y for y, m in zip(b, keep) if m], 0.90)
+    return ChampionComparison(champion_version, holdout_version, overall, newest)
+
+
+def accuracy_gate(candidate: Mapping, champion: ChampionComparison | None = None,
                   thresholds: GateSettings | None = None) -> GateResult:
     """candidate: {"val": metrics, "holdout": metrics} ("validation" is accepted for "val"), each
-    metrics {"accuracy", "per_class_accuracy": {"good", "defective"}, ...}. Rules: val accuracy
-    >= val_accuracy; holdout accuracy >= holdout_accuracy; each class's holdout accuracy >=
-    class_accuracy; with a champion (the active model's accuracy on the same frozen holdout),
-    candidate holdout - champion > min_improvement."""
+    metrics with its confusion matrix (classification_metrics); the holdout metrics are the
+    candidate's on the current holdout version, the one ``champion`` was compared on.
+
+    Threshold checks, each stated as k of n with its exact interval and pass mark (``pass_mark``):
+    validation >= val_accuracy (the estimate alone); holdout >= holdout_accuracy and each class >=
+    class_accuracy (the estimate, and a model decision_margin below passes <= decision_alpha).
+    With a champion (the active model), "better than the active model" is, on the same photos:
+    non-inferior overall (the one-sided 95% lower bound of challenger - champion above
+    -noninferiority_margin), and not worse on the photos confirmed since the champion was trained
+    (right on at least as many of them)."""
     t = thresholds or GateSettings()
     gate = "accuracy"
     val = candidate.get("val", candidate.get("validation")) if isinstance(candidate, Mapping) else None
@@ -333,34 +414,50 @@ def accuracy_gate(candidate: Mapping, champion_holdout_accuracy: float | None = 
     failures: list[Failure] = []
     figures: dict = {}
 
-    def at_least(check: str, value: float | None, threshold: float, what: str) -> None:
-        figures[check] = value
-        if value is None:
-            failures.append(Failure(check, None, threshold, f"{what} is missing from the candidate's metrics"))
-        elif value < threshold:
-            failures.append(Failure(check, value, threshold, f"{what} {value:.4f} is below {threshold:.4f}"))
+    def check(name: str, metrics, part: str, threshold: float, what: str, guarded: bool = True) -> None:
+        found = estimates(metrics)
+        if found is None or found[part].n == 0:
+            figures[name] = None
+            failures.append(Failure(name, None, threshold, f"{what} is missing from the candidate's metrics"))
+            return
+        est = found[part]
+        fig = figures[name] = threshold_check(est, threshold, t, guarded)
+        if not fig["passed"]:
+            low, high = est.interval
+            needed = (f"{fig['pass_mark']} of {est.n} needed" if fig["pass_mark"] <= est.n
+                      else f"{est.n} photos cannot show it")
+            failures.append(Failure(name, est.value, threshold,
+                                    f"{what} {est.value:.4f} ({est.k}/{est.n}, 95% CI {low:.3f}-{high:.3f}) is below "
+                                    f"{threshold:.4f}: {needed}"))
 
-    at_least("val_accuracy", _number(val, "accuracy"), t.val_accuracy, "validation accuracy")
-    holdout_acc = _number(holdout, "accuracy")
-    at_least("holdout_accuracy", holdout_acc, t.holdout_accuracy, "holdout accuracy")
+    check("val_accuracy", val, "overall", t.val_accuracy, "validation accuracy", guarded=False)
+    check("holdout_accuracy", holdout, "overall", t.holdout_accuracy, "holdout accuracy")
     for label in (GOOD, DEFECTIVE):
-        at_least(f"class_accuracy.{label}", _number(holdout, "per_class_accuracy", label), t.class_accuracy,
-                 f"holdout accuracy of class {label}")
-    figures["champion_holdout_accuracy"] = champion_holdout_accuracy
-    if champion_holdout_accuracy is not None:
-        champion = float(champion_holdout_accuracy)
-        needed = champion + t.min_improvement
-        if holdout_acc is None:
-            improvement = None
-        else:
-            improvement = round(holdout_acc - champion, 6)
-        figures["improvement"] = improvement
-        if improvement is not None and not improvement > t.min_improvement:
+        check(f"class_accuracy.{label}", holdout, label, t.class_accuracy, f"holdout accuracy of class {label}")
+    figures["champion"] = champion.as_dict() if champion else None
+    if champion is not None:
+        o = champion.overall
+        if not o.ci_low > -t.noninferiority_margin:
             failures.append(Failure(
-                "better_than_champion", holdout_acc, needed,
-                f"holdout accuracy {holdout_acc:.4f} does not beat the active model's {champion:.4f} "
-                f"by more than {t.min_improvement:g} (change {improvement:+.4f})"))
+                "better_than_champion.overall", round(o.ci_low, 6), -t.noninferiority_margin,
+                f"against {champion.champion_version} on the same {o.n} holdout photos: change {o.difference:+.4f} "
+                f"(challenger alone right on {o.challenger_only}, champion alone on {o.champion_only}); its one-sided "
+                f"95% lower bound {o.ci_low:+.4f} is not above -{t.noninferiority_margin:g} (non-inferiority)"))
+        nw = champion.newest
+        if nw is not None and nw.challenger_only < nw.champion_only:
+            failures.append(Failure(
+                "better_than_champion.newest", round(nw.difference, 6), 0.0,
+                f"on the {nw.n} holdout photos confirmed since {champion.champion_version} was trained the challenger "
+                f"is worse: right alone on {nw.challenger_only}, the champion alone on {nw.champion_only} "
+                f"(change {nw.difference:+.4f})"))
     return _result(gate, figures, failures)
+
+
+def holdout_target(t: GateSettings) -> int:
+    """Photos per class the holdout grows to (the README's sizing rule): enough that on the class
+    threshold a model decision_margin above passes with >= decision_power and one below with <=
+    decision_alpha (134 for 0.90 +- 0.05 at 99%/5%)."""
+    return gate_sample_size(t.class_accuracy, t.decision_margin, t.decision_power, t.decision_alpha).n
 
 
 # -- performance --------------------------------------------------------------------------------
@@ -411,5 +508,6 @@ def performance_gate(onnx_path, sample_inputs, thresholds: GateSettings | None =
 
 __all__ = [
     "Failure", "GateResult", "GateSettings", "check_corrected_tasks",
-    "check_training_dataset", "accuracy_gate", "performance_gate", "failures_as_reasons",
+    "check_training_dataset", "accuracy_gate", "performance_gate", "failures_as_reasons", "ChampionComparison",
+    "compare_with_champion", "estimates", "pass_mark", "threshold_check", "holdout_target",
 ]

@@ -3,8 +3,9 @@
 Rules (DESIGN.md, Contracts):
 - the split is BY TASK and happens BEFORE augmentation, stratified by label: no augmented copy of
   a training photo lands in validation or the holdout;
-- the holdout of a model type is frozen once (task ids, labels and photo bytes on disk) and is
-  never trained or validated on; later calls only load it;
+- the holdout of a model type is frozen (task ids, labels and photo bytes on disk) and is never
+  trained or validated on; it grows in versions, each new one adding a share of the tasks
+  confirmed since the last (``Holdout.grow``), and a version never changes;
 - arrays are written as .npy (never pickle) next to a manifest.json; ``dataset_id`` is a short
   content hash of the tasks (ids, labels, photo digests), the holdout and the configuration.
 
@@ -161,7 +162,20 @@ def _stratified_pick(items: list[tuple[str, str]], count_for: Callable[[str, int
 
 @dataclass
 class Holdout:
-    """The frozen holdout set of one model type: tasks that are never trained or validated on."""
+    """One version of a model type's holdout: tasks that are never trained or validated on.
+
+    Why versions: a holdout frozen once holds only what the first model's data held (old defect
+    kinds), so it cannot credit a model for learning a new kind, nor notice one forgetting. Each
+    training run ``grow``s it: of the tasks confirmed since the newest version looked (their
+    event_timestamp after ``considered_until``), a hash-drawn share per class is set aside into a
+    new version before the dataset is built, the rest may be trained on. A task once trained on is
+    never set aside later (it was confirmed before the cutoff), and a version never changes, so a
+    gate can name the version it read. ``added_in`` says which version brought each task: the
+    tasks added after the version a model was trained against are the newest confirmed ones.
+
+    Layout: ``<folder>/<model_type>/v0001/`` (manifest.json, photos.npy, offsets.npy), one folder
+    per version, each complete; a folder written before versions existed (manifest directly in
+    ``<model_type>/``) reads as version 1."""
 
     folder: Path
     model_type: str
@@ -172,10 +186,17 @@ class Holdout:
     seed: int
     fraction: float
     min_per_class: int
+    version: int = 1
+    added_in: list[int] = field(default_factory=list)  # per task: the version that set it aside
+    considered_until: str = ""  # the newest event_timestamp this version looked at (ISO, UTC)
+
+    def __post_init__(self) -> None:
+        if not self.added_in:
+            self.added_in = [1] * len(self.task_ids)
 
     @property
     def path(self) -> Path:
-        return Path(self.folder) / self.model_type
+        return _version_dir(self.folder, self.model_type, self.version)
 
     def __contains__(self, task_id: object) -> bool:
         return task_id in self._ids
@@ -190,6 +211,10 @@ class Holdout:
     @property
     def class_counts(self) -> dict[str, int]:
         return {label: self.labels.count(label) for label in LABELS}
+
+    def added_after(self, version: int | None) -> list[bool]:
+        """Per task: set aside by a version after ``version`` (None: no task is)."""
+        return [version is not None and v > version for v in self.added_in]
 
     def photos(self) -> list[bytes]:
         """The frozen photo bytes, in ``task_ids`` order (checked against their digests)."""
@@ -211,14 +236,27 @@ class Holdout:
         return normalise(self.images(size)), np.array([CLASS_INDEX[l] for l in self.labels], dtype=np.int64)
 
     @classmethod
-    def load(cls, folder: Path | str, model_type: str) -> "Holdout | None":
-        path = Path(folder) / model_type / MANIFEST
-        if not path.exists():
+    def versions(cls, folder: Path | str, model_type: str) -> list[int]:
+        root = Path(folder) / model_type
+        found = sorted(int(p.name[1:]) for p in root.glob("v[0-9][0-9][0-9][0-9]") if (p / MANIFEST).exists()) \
+            if root.exists() else []
+        return found or ([1] if (root / MANIFEST).exists() else [])
+
+    @classmethod
+    def load(cls, folder: Path | str, model_type: str, version: int | None = None) -> "Holdout | None":
+        """The given version, or the newest; None when none was frozen yet."""
+        versions = cls.versions(folder, model_type)
+        if not versions:
             return None
+        version = versions[-1] if version is None else version
+        path = _version_dir(folder, model_type, version) / MANIFEST
+        if not path.exists():
+            raise LookupError(f"{model_type} holdout has no version {version} (versions: {versions})")
         m = json.loads(path.read_text(encoding="utf-8"))
         return cls(folder=Path(folder), model_type=m["model_type"], task_ids=m["task_ids"], labels=m["labels"],
                    digests=m["digests"], created_at=m["created_at"], seed=m["seed"], fraction=m["fraction"],
-                   min_per_class=m["min_per_class"])
+                   min_per_class=m["min_per_class"], version=m.get("version", 1),
+                   added_in=m.get("added_in") or [], considered_until=m.get("considered_until", ""))
 
     @classmethod
     def freeze_or_load(
@@ -229,11 +267,13 @@ class Holdout:
         fraction: float = 0.15,
         min_per_class: int = 10,
         seed: int = 0,
+        target_per_class: int = 0,
+        max_share: float = 0.5,
     ) -> "Holdout":
-        """The model type's holdout: loaded if it was frozen before (``candidates`` are then ignored),
-        else frozen now from ``candidates``: per class max(min_per_class, round(fraction * n)) tasks,
-        chosen by a seeded hash of the task id. Raises NotEnoughData when a class would keep fewer
-        than ``min_per_class`` tasks for training and validation."""
+        """The model type's newest holdout version: loaded if one was frozen before (``candidates``
+        are then ignored; ``grow`` adds to it), else version 1 frozen now from ``candidates``: per
+        class ``count_per_class`` tasks, chosen by a seeded hash of the task id. Raises
+        NotEnoughData when a class would keep fewer than ``min_per_class`` tasks for training."""
         existing = cls.load(folder, model_type)
         if existing is not None:
             return existing
@@ -244,7 +284,7 @@ class Holdout:
         counts = {label: sum(1 for _, lab in items if lab == label) for label in LABELS}
 
         def count_for(label: str, n: int) -> int:
-            k = max(min_per_class, round(fraction * n))
+            k = max(min_per_class, count_per_class(n, 0, fraction, target_per_class, max_share))
             if n - k < max(min_per_class, 1):
                 raise NotEnoughData(
                     f"cannot freeze a {model_type} holdout: {n} {label} tasks, {k} needed for the holdout "
@@ -254,39 +294,101 @@ class Holdout:
 
         chosen = _stratified_pick(items, count_for, seed, "holdout")
         ids = sorted(chosen)
-        blobs = [by_id[t][1] for t in ids]
-        manifest = {
-            "format": DATASET_FORMAT,
-            "model_type": model_type,
-            "created_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
-            "seed": seed,
-            "fraction": fraction,
-            "min_per_class": min_per_class,
-            "candidates": len(items),
-            "class_counts": {label: sum(1 for t in ids if by_id[t][0].label == label) for label in LABELS},
-            "task_ids": ids,
-            "labels": [by_id[t][0].label for t in ids],
-            "digests": [_digest(b) for b in blobs],
-        }
-        final = Path(folder) / model_type
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{model_type}-"))
+        return _write_version(folder, model_type, 1, ids, [by_id[t][0].label for t in ids], [by_id[t][1] for t in ids],
+                              [1] * len(ids), _newest_ts(rec for rec, _ in candidates), seed, fraction, min_per_class,
+                              len(items))
+
+    def grow(self, candidates: Sequence[tuple[TaskRecord, bytes]], fraction: float | None = None,
+             target_per_class: int = 0, max_share: float = 0.5) -> "Holdout":
+        """The next version: this one plus, per class, ``count_per_class`` of the candidates
+        confirmed after ``considered_until`` (and not held out already), hash-drawn. A version is
+        written whenever there were such candidates (also when none was set aside: the cutoff
+        moves, so they are never drawn later, after being trained on); else this one is returned."""
+        fraction = self.fraction if fraction is None else fraction
+        held = self._ids
+        fresh = {rec.task_id: (rec, data) for rec, data in candidates
+                 if rec.task_id not in held and _ts_key(rec.event_timestamp) > self.considered_until}
+        if not fresh:
+            return self
+        have = self.class_counts
+
+        def count_for(label: str, n: int) -> int:
+            return count_per_class(n, have[label], fraction, target_per_class, max_share)
+
+        chosen = sorted(_stratified_pick([(t, rec.label) for t, (rec, _) in fresh.items()], count_for, self.seed,
+                                         f"holdout-v{self.version + 1}"))
+        old_photos = self.photos()
+        version = self.version + 1
+        return _write_version(
+            self.folder, self.model_type, version, self.task_ids + chosen,
+            self.labels + [fresh[t][0].label for t in chosen], old_photos + [fresh[t][1] for t in chosen],
+            self.added_in + [version] * len(chosen),
+            max(self.considered_until, _newest_ts(rec for rec, _ in fresh.values())), self.seed, fraction,
+            self.min_per_class, len(fresh))
+
+
+def count_per_class(new: int, held: int, fraction: float, target: int, max_share: float) -> int:
+    """Of ``new`` newly confirmed tasks of a class, how many are set aside when the holdout holds
+    ``held`` of it: always ``fraction`` of them (so new defect kinds keep reaching the holdout),
+    and while the class is below ``target`` (the README's sizing rule) up to ``max_share`` of them
+    to close the gap (the rest is left for training)."""
+    catch_up = min(max(target - held, 0), int(max_share * new))
+    return min(new, max(round(fraction * new), catch_up))
+
+
+def _version_dir(folder: Path | str, model_type: str, version: int) -> Path:
+    root = Path(folder) / model_type
+    if version == 1 and (root / MANIFEST).exists():  # written before versions existed
+        return root
+    return root / f"v{version:04d}"
+
+
+def _newest_ts(records: Iterable[TaskRecord]) -> str:
+    return max((_ts_key(r.event_timestamp) for r in records), default="")
+
+
+def _write_version(folder, model_type: str, version: int, ids: list[str], labels: list[str], blobs: list[bytes],
+                   added_in: list[int], considered_until: str, seed: int, fraction: float, min_per_class: int,
+                   candidates: int) -> Holdout:
+    """Write one complete version folder atomically (tmp folder, then rename: another process
+    writing the same version first wins, and its version is returned)."""
+    manifest = {
+        "format": DATASET_FORMAT,
+        "model_type": model_type,
+        "version": version,
+        "created_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "seed": seed,
+        "fraction": fraction,
+        "min_per_class": min_per_class,
+        "candidates": candidates,
+        "considered_until": considered_until,
+        "class_counts": {label: labels.count(label) for label in LABELS},
+        "added": {label: sum(1 for lab, v in zip(labels, added_in) if lab == label and v == version)
+                  for label in LABELS},
+        "task_ids": ids,
+        "labels": labels,
+        "digests": [_digest(b) for b in blobs],
+        "added_in": added_in,
+    }
+    final = _version_dir(folder, model_type, version)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".v{version:04d}-"))
+    try:
+        data, offsets = _pack_bytes(blobs)
+        _save_npy(tmp / "photos.npy", data)
+        _save_npy(tmp / "offsets.npy", offsets)
+        _write_json(tmp / MANIFEST, manifest)
         try:
-            data, offsets = _pack_bytes(blobs)
-            _save_npy(tmp / "photos.npy", data)
-            _save_npy(tmp / "offsets.npy", offsets)
-            _write_json(tmp / MANIFEST, manifest)
-            try:
-                os.rename(tmp, final)  # atomic; fails if another process froze it first
-            except OSError:
-                if cls.load(folder, model_type) is None:
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        loaded = cls.load(folder, model_type)
-        assert loaded is not None
-        return loaded
+            os.rename(tmp, final)  # atomic; fails if another process wrote this version first
+        except OSError:
+            if not (final / MANIFEST).exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    loaded = Holdout.load(folder, model_type, version)
+    assert loaded is not None
+    return loaded
 
 
 @dataclass
@@ -348,17 +450,18 @@ class DatasetManifest:
 
 def dataset_id_for(
     fetched: Sequence[tuple[TaskRecord, bytes]], holdout_ids: Iterable[str], val_fraction: float, copies: int,
-    size: int, seed: int,
+    size: int, seed: int, corrected_copies: int | None = None,
 ) -> str:
-    """12 hex digits of sha256 over the sorted (task id, label, photo digest) of the tasks not held
-    out, the holdout and the config: the id build_dataset gives the same input."""
+    """12 hex digits of sha256 over the sorted (task id, label, corrected, photo digest) of the
+    tasks not held out, the holdout and the config: the id build_dataset gives the same input."""
     holdout_ids = set(holdout_ids)
     h = hashlib.sha256()
     config = {"format": DATASET_FORMAT, "val_fraction": val_fraction, "copies": copies, "size": size, "seed": seed,
-              "augmentation": aug.DESCRIPTION, "holdout": sorted(holdout_ids)}
+              "augmentation": aug.DESCRIPTION, "holdout": sorted(holdout_ids),
+              "corrected_copies": corrected_copies or copies}
     h.update(json.dumps(config, sort_keys=True).encode())
     for rec, data in sorted((rd for rd in fetched if rd[0].task_id not in holdout_ids), key=lambda rd: rd[0].task_id):
-        h.update(f"\n{rec.task_id}\x00{rec.label}\x00{_digest(data)}".encode())
+        h.update(f"\n{rec.task_id}\x00{rec.label}\x00{int(rec.corrected)}\x00{_digest(data)}".encode())
     return h.hexdigest()[:12]
 
 
@@ -383,11 +486,14 @@ def build_dataset(
     size: int = IMAGE_SIZE,
     seed: int = 0,
     progress: Progress | None = None,
+    corrected_copies: int | None = None,
 ) -> DatasetManifest:
     """Split by task (stratified, before augmentation), augment the training tasks, write arrays.
 
     Holdout tasks are excluded first. Each training task gives ``copies`` images: the original photo
-    and ``copies - 1`` augmented ones. Validation photos are not augmented. If ``out_dir`` already
+    and ``copies - 1`` augmented ones; a task a manager corrected gives ``corrected_copies``
+    (default ``copies``): the model's own mistakes, oversampled, weigh more in the loss without
+    the history they sit in being dropped. Validation photos are not augmented. If ``out_dir`` already
     holds a complete dataset with the same ``dataset_id``, it is returned without rebuilding.
     ``progress(done, total)`` is called as images are made.
     """
@@ -402,7 +508,10 @@ def build_dataset(
         by_id[rec.task_id] = (rec, data)  # the last record of a task wins (fetch_photos already de-duplicates)
     usable = [by_id[t] for t in sorted(by_id) if t not in holdout_ids]
     excluded = len(by_id) - len(usable)
-    dataset_id = dataset_id_for(usable, holdout_ids, val_fraction, copies, size, seed)
+    corrected_copies = corrected_copies or copies
+    if corrected_copies < 1:
+        raise ValueError("corrected_copies must be >= 1")
+    dataset_id = dataset_id_for(usable, holdout_ids, val_fraction, copies, size, seed, corrected_copies)
 
     out = Path(out_dir)
     if (out / MANIFEST).exists():
@@ -416,19 +525,24 @@ def build_dataset(
     (out / MANIFEST).unlink(missing_ok=True)  # the manifest, written last, marks a complete dataset
 
     train_ids, val_ids = _split([(rec.task_id, rec.label) for rec, _ in usable], val_fraction, seed)
-    total = len(train_ids) * copies + len(val_ids)
+
+    def copies_of(t: str, split_copies: int) -> int:
+        return corrected_copies if split_copies > 1 and by_id[t][0].corrected else split_copies
+
+    total = sum(copies_of(t, copies) for t in train_ids) + len(val_ids)
     done = 0
 
-    def make(ids: list[str], n_copies: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def make(ids: list[str], split_copies: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         nonlocal done
-        images = np.empty((len(ids) * n_copies, size, size, 3), dtype=np.uint8)
-        labels = np.empty(len(ids) * n_copies, dtype=np.int64)
+        count = sum(copies_of(t, split_copies) for t in ids)
+        images = np.empty((count, size, size, 3), dtype=np.uint8)
+        labels = np.empty(count, dtype=np.int64)
         tids = []
         k = 0
         for t in ids:
             rec, data = by_id[t]
             rgb = decode_rgb(data)
-            for c in range(n_copies):
+            for c in range(copies_of(t, split_copies)):
                 img = rgb if c == 0 else aug.augment(rgb, aug.image_seed(seed, t, c))
                 images[k] = resize_rgb(img, size)
                 labels[k] = CLASS_INDEX[rec.label]
@@ -454,12 +568,15 @@ def build_dataset(
     counts["holdout_tasks"] = len(holdout_ids)
     counts["excluded_holdout_tasks"] = excluded
     counts["input_tasks"] = len(by_id)
+    counts["corrected_train_tasks"] = sum(1 for t in train_ids if by_id[t][0].corrected)
     balance["holdout"] = (holdout.class_counts if isinstance(holdout, Holdout) else {})
     manifest = DatasetManifest(
         dataset_id=dataset_id, out_dir=str(out), size=size, copies=copies, val_fraction=val_fraction, seed=seed,
         augmentation=f"original + {copies - 1} augmented per training task; " + aug.DESCRIPTION,
         counts=counts, class_balance=balance, train_task_ids=train_ids, val_task_ids=val_ids,
         holdout_task_ids=sorted(holdout_ids), files=files,
+        extra={"holdout_version": holdout.version if isinstance(holdout, Holdout) else None,
+               "corrected_copies": corrected_copies},
         created_at=datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
         build_seconds=round(time.perf_counter() - started, 3),
     )

@@ -153,23 +153,38 @@ def confusion_md(confusion) -> str:
             f"| **good** | {tn} | {fp} |\n| **defective** | {fn} | {tp} |")
 
 
-# -- champion against challenger on the frozen holdout ----------------------------------------------
-def frozen_holdout(holdout_dir: Path | str, model_type: str, size: int | None = None):
-    """(x, y) of the model type's frozen holdout (it must have been frozen already)."""
+# -- champion against challenger on the current holdout version -------------------------------------
+def current_holdout(holdout_dir: Path | str, model_type: str):
+    """The newest version of the model type's holdout (it must have been frozen already)."""
     from gymops.ml.dataset import Holdout
+
+    holdout = Holdout.load(holdout_dir, model_type)
+    if holdout is None:
+        raise FileNotFoundError(f"no {model_type} holdout in {holdout_dir}: a training run freezes it first")
+    return holdout
+
+
+def judge_on_holdout(candidate_onnx: Path | str, holdout, registry=None, size: int | None = None):
+    """The candidate's metrics on ``holdout`` (a Holdout version) and, when a model is active, the
+    paired comparison of the two on the very same photos (lifecycle.gates.ChampionComparison):
+    overall, and on the photos set aside after the version the champion was trained against (its
+    registry metrics' ``holdout_version``), the newest confirmed tasks. Both models are scored now,
+    on this version: like with like. FileNotFoundError when the active model's artifact is gone."""
+    from gymops.lifecycle.gates import compare_with_champion
     from gymops.ml.preprocess import IMAGE_SIZE
 
-    return Holdout.freeze_or_load(holdout_dir, model_type, []).arrays(size or IMAGE_SIZE)
-
-
-def champion_holdout_accuracy(registry, holdout_dir: Path | str, model_type: str,
-                              size: int | None = None) -> tuple[str | None, float | None]:
-    """The active model's accuracy on the same frozen holdout, measured now: like with like.
-    (None, None) when nothing is active; FileNotFoundError when its artifact is gone."""
-    active = registry.active(model_type)
+    x, y = holdout.arrays(size or IMAGE_SIZE)
+    p_candidate = predict_onnx(candidate_onnx, x)[:, 1]
+    metrics = classification_metrics(p_candidate, y, 0.5)
+    metrics["holdout_version"] = holdout.version
+    active = registry.active(holdout.model_type) if registry is not None else None
     if active is None:
-        return None, None
+        return metrics, None
     if not Path(active.artifact_uri).exists():
         raise FileNotFoundError(f"active model {active.version}: artifact {active.artifact_uri} is missing")
-    x, y = frozen_holdout(holdout_dir, model_type, size)
-    return active.version, float(evaluate_onnx(active.artifact_uri, x, y)["accuracy"])
+    p_champion = predict_onnx(active.artifact_uri, x)[:, 1]
+    trained_against = active.metrics.get("holdout_version") if isinstance(active.metrics, dict) else None
+    comparison = compare_with_champion(
+        active.version, holdout.version, (p_candidate >= 0.5) == (y == 1), (p_champion >= 0.5) == (y == 1),
+        holdout.added_after(trained_against) if trained_against is not None else None)
+    return metrics, comparison
