@@ -40,8 +40,12 @@ def assert_exactly_once(settings, ids):
 @pytest.fixture
 def queue_settings(services):
     """Its own queue per test, so a test's leftovers never reach the next one."""
-    return dataclasses.replace(services, rabbitmq_queue=f"{services.rabbitmq_queue}.{uuid.uuid4().hex[:6]}",
-                               batch_size=100)
+    from gymops.ingest.broker import delete_topology
+
+    settings = dataclasses.replace(services, rabbitmq_queue=f"{services.rabbitmq_queue}.{uuid.uuid4().hex[:6]}",
+                                   batch_size=100)
+    yield settings
+    delete_topology(settings)  # the queue, its parking queue and dead-letter exchange
 
 
 def test_consumer_stores_valid_events_and_dead_letters_the_rest(queue_settings, tmp_path):

@@ -253,16 +253,9 @@ def amqp(services):
     settings = dataclasses.replace(services, rabbitmq_queue=f"{services.rabbitmq_queue}.h{uuid.uuid4().hex[:6]}",
                                    batch_size=100, rabbitmq_delivery_limit=3)
     yield settings
-    import contextlib
+    from gymops.ingest.broker import delete_topology
 
-    with contextlib.suppress(Exception):
-        conn, channel = _channel(settings)
-        q = settings.rabbitmq_queue
-        for name in (q, f"{q}.parked", f"{q}.migrating"):
-            channel.queue_delete(name)
-        for name in (q, f"{q}.dlx"):
-            channel.exchange_delete(name)
-        conn.close()
+    delete_topology(settings)
 
 
 def _dead_letters(settings):

@@ -183,6 +183,22 @@ def _finish_migration(connection, settings) -> int:
     return moved
 
 
+def delete_topology(settings) -> None:
+    """Delete the queues and exchanges ``declare`` creates for ``settings.rabbitmq_queue``, with
+    their messages (tests and benchmarks clean up with it; never for a live deployment)."""
+    conn = pika.BlockingConnection(parameters(settings))
+    try:
+        channel = conn.channel()
+        queue = settings.rabbitmq_queue
+        for name in (queue, parked_queue(queue), f"{queue}.migrating"):
+            channel.queue_delete(name)
+        for name in (queue, f"{queue}.dlx"):
+            channel.exchange_delete(name)
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
 class Publisher:
     """Publishes persistent events with publisher confirms, reconnecting after a broker restart.
 
