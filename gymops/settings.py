@@ -1,7 +1,7 @@
 """The settings tree: every GYMOPS_* variable, typed, with its default, read in this one module.
 
 One frozen dataclass per concern (MLServer's settings style): ``Settings`` (profile, stores, broker,
-ingestion) holds ``gates``, ``retrain``, ``partitions`` and ``serving``. ``Settings.from_env()``
+ingestion) holds ``gates``, ``retrain``, ``partitions``, ``serving`` and ``delivery``. ``Settings.from_env()``
 is the only reader of the environment; the library receives a ``Settings`` (or one of its groups)
 as an argument and never looks at ``os.environ`` again. ``Settings.environment()`` is the way
 back, for child processes and the config files that expand variables (Feast, Dagster).
@@ -80,6 +80,41 @@ class PartitionSettings:
 
 
 @dataclass(frozen=True)
+class DeliverySettings:
+    """Progressive delivery: canary, shadow, the live signals and the watcher (DESIGN.md, "Progressive
+    delivery"; README "Progressive delivery"). GYMOPS_DELIVERY_*.
+
+    Thresholds are the design's seeds: alert below 0.85 live accuracy, automatic rollback below 0.80
+    (UC-24); errors and latency judged against the active version's (DD-07/08). Every check is a
+    test on counts with ``alpha`` per look (the watcher looks every ``watch_interval_s``).
+    """
+    canary_fraction: float = 0.10  # share of live requests the candidate answers during a canary
+    shadow_fraction: float = 0.25  # share of requests mirrored to the candidate in shadow (not returned)
+    # Promotion: "and" = verdicts AND minutes AND requests all reached; "or" = any of verdicts / minutes
+    # reached (requests always required). 0 disables a criterion.
+    promote_rule: str = "and"
+    promote_verdicts: int = 30
+    promote_minutes: float = 10.0
+    promote_requests: int = 200
+    alert_accuracy: float = 0.85
+    rollback_accuracy: float = 0.80
+    good_error_rate: float = 0.03  # SPRT H0 error rate of live verdicts (H1 = 1 - rollback_accuracy)
+    error_rate_limit: float = 0.01  # candidate error rate allowed above the active version's
+    latency_ratio: float = 1.5  # candidate mean compute time allowed vs the active version's ...
+    latency_slack_ms: float = 5.0  # ... plus this
+    mix_margin: float = 0.15  # |defective rate difference| tolerated vs the active version's
+    min_requests: int = 20  # a version with fewer requests is "no data" for errors/latency/mix
+    alpha: float = 0.001  # per-look false-alarm rate of the error and mix tests
+    watch_interval_s: float = 1.0
+    prometheus_url: str = ""  # "": the watcher scrapes Triton's metrics endpoint directly (embedded)
+    prometheus_port: int = 9090  # the project-run Prometheus (services profile)
+    metrics_port: int = 9108  # the tier's own prometheus-client endpoint
+
+    def replace(self, **changes) -> "DeliverySettings":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
 class ServingSettings:
     """The Triton server this project runs. GYMOPS_TRITON_*, GYMOPS_DEPLOY_TOKEN."""
     home: Path = PROJECT_ROOT / "var"
@@ -147,6 +182,7 @@ class Settings:
     retrain: RetrainSettings = RetrainSettings()
     partitions: PartitionSettings = PartitionSettings()
     serving: ServingSettings = ServingSettings()
+    delivery: DeliverySettings = DeliverySettings()
 
     def __post_init__(self):
         if self.profile not in PROFILES:
@@ -157,6 +193,12 @@ class Settings:
             object.__setattr__(self, "serving", dataclasses.replace(self.serving, home=home))
         if self.retrain.urgent_corrections < self.retrain.min_corrections:
             raise ConfigError("GYMOPS_RETRAIN_URGENT_CORRECTIONS: must be >= GYMOPS_RETRAIN_MIN_CORRECTIONS")
+        if self.delivery.rollback_accuracy > self.delivery.alert_accuracy:
+            raise ConfigError("GYMOPS_DELIVERY_ROLLBACK_ACCURACY: must be <= GYMOPS_DELIVERY_ALERT_ACCURACY")
+        if self.delivery.promote_rule not in ("and", "or"):
+            raise ConfigError(f"GYMOPS_DELIVERY_PROMOTE_RULE: must be 'and' or 'or', got {self.delivery.promote_rule!r}")
+        if self.delivery.good_error_rate >= 1 - self.delivery.rollback_accuracy:
+            raise ConfigError("GYMOPS_DELIVERY_GOOD_ERROR_RATE: must be below 1 - GYMOPS_DELIVERY_ROLLBACK_ACCURACY")
 
     # -- derived ---------------------------------------------------------------------------------
     @property
@@ -195,7 +237,7 @@ class Settings:
 
     def replace(self, **changes) -> "Settings":
         """A copy with some fields changed; ``gates={...}`` etc. change fields of a group."""
-        for group in ("gates", "retrain", "partitions", "serving"):
+        for group in ("gates", "retrain", "partitions", "serving", "delivery"):
             if isinstance(changes.get(group), Mapping):
                 changes[group] = dataclasses.replace(getattr(self, group), **changes[group])
         return dataclasses.replace(self, **changes)
@@ -296,7 +338,7 @@ def ensure_tokens(settings: Settings) -> Settings:
 
 # -- plumbing ----------------------------------------------------------------------------------------
 _GROUPS = {"gates": GateSettings, "retrain": RetrainSettings, "partitions": PartitionSettings,
-           "serving": ServingSettings}
+           "serving": ServingSettings, "delivery": DeliverySettings}
 # Variable names that do not follow GYMOPS_<GROUP>_<FIELD>.
 _NAMES = {
     ("serving", "deploy_token"): "GYMOPS_DEPLOY_TOKEN",
@@ -313,7 +355,7 @@ _NAMES = {
     (None, "database_url_override"): "GYMOPS_DATABASE_URL",
 }
 _PREFIX = {"gates": "GYMOPS_GATE_", "retrain": "GYMOPS_RETRAIN_", "partitions": "GYMOPS_PARTITIONS_",
-           "serving": "GYMOPS_TRITON_", None: "GYMOPS_"}
+           "serving": "GYMOPS_TRITON_", "delivery": "GYMOPS_DELIVERY_", None: "GYMOPS_"}
 _KEEP_EMPTY = {"GYMOPS_PG_PASSWORD", "GYMOPS_DAGSTER_PG_URL"}
 # variable -> (lo, hi), inclusive
 _BOUNDS = {
@@ -332,6 +374,15 @@ _BOUNDS = {
     "GYMOPS_BATCH_SIZE": (1, 1_000_000), "GYMOPS_BATCH_WAIT_MS": (0, 3_600_000),
     "GYMOPS_EVENT_MAX_BYTES": (1024, 16 * 1024 * 1024), "GYMOPS_EVENT_MAX_DEPTH": (2, 64),
     "GYMOPS_INGEST_MAX_BODY_BYTES": (1024, 256 * 1024 * 1024), "GYMOPS_RABBITMQ_DELIVERY_LIMIT": (1, 1000),
+    "GYMOPS_DELIVERY_CANARY_FRACTION": (0.0, 1.0), "GYMOPS_DELIVERY_SHADOW_FRACTION": (0.0, 1.0),
+    "GYMOPS_DELIVERY_PROMOTE_VERDICTS": (0, 1_000_000), "GYMOPS_DELIVERY_PROMOTE_MINUTES": (0.0, 1e6),
+    "GYMOPS_DELIVERY_PROMOTE_REQUESTS": (0, 1_000_000_000),
+    "GYMOPS_DELIVERY_ALERT_ACCURACY": (0.0, 1.0), "GYMOPS_DELIVERY_ROLLBACK_ACCURACY": (0.01, 0.99),
+    "GYMOPS_DELIVERY_GOOD_ERROR_RATE": (1e-6, 0.99), "GYMOPS_DELIVERY_ERROR_RATE_LIMIT": (0.0, 1.0),
+    "GYMOPS_DELIVERY_LATENCY_RATIO": (1.0, 1000.0), "GYMOPS_DELIVERY_LATENCY_SLACK_MS": (0.0, 1e6),
+    "GYMOPS_DELIVERY_MIX_MARGIN": (0.0, 1.0), "GYMOPS_DELIVERY_MIN_REQUESTS": (1, 1_000_000),
+    "GYMOPS_DELIVERY_ALPHA": (1e-9, 0.5), "GYMOPS_DELIVERY_WATCH_INTERVAL_S": (0.05, 3600.0),
+    "GYMOPS_DELIVERY_PROMETHEUS_PORT": (1, 65535), "GYMOPS_DELIVERY_METRICS_PORT": (1, 65535),
 }
 
 

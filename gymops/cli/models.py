@@ -97,6 +97,31 @@ def cmd_reconcile(settings, args) -> int:
     return 0 if report.consistency.ok else 1
 
 
+def cmd_canary(settings, args) -> int:
+    ds = settings.delivery
+    fraction = ds.canary_fraction if args.fraction is None else args.fraction
+    shadow = (ds.shadow_fraction if args.shadow_only else 0.0) if args.shadow is None else args.shadow
+    report = _deployer(settings).start_canary(args.model_type, args.version, 0.0 if args.shadow_only else fraction,
+                                              shadow)
+    print(f"{args.model_type} {report.candidate}: {report.mode} {report.canary_fraction:.0%} (shadow "
+          f"{report.shadow_fraction:.0%}) over {report.stable}, route folder {report.route}, flipped in "
+          f"{report.flip_seconds:.2f} s; `gymops serving watch` judges it")
+    return 0
+
+
+def cmd_promote(settings, args) -> int:
+    report = _deployer(settings).promote_canary(args.model_type, args.reason)
+    print(f"{args.model_type} {report.candidate} active (was {report.stable}), flipped in {report.flip_seconds:.2f} s")
+    return 0
+
+
+def cmd_abort(settings, args) -> int:
+    report = _deployer(settings).abort_canary(args.model_type, args.reason)
+    print(f"{args.model_type} {report.candidate} rolled back; {report.stable} serves alone "
+          f"(after {report.flip_seconds or 0:.2f} s)")
+    return 0
+
+
 def register(sub) -> None:
     group = add_group(sub, "models", "the registry's model versions and the one Triton serves")
     p = group.add_parser("list", help="the registered versions, newest first: status, gate figures, lineage, times")
@@ -119,3 +144,20 @@ def register(sub) -> None:
     p = group.add_parser("reconcile", help="make Triton serve the registry's active version (after a crash or restart)")
     p.add_argument("--model-type", default="laundry")
     p.set_defaults(handler=cmd_reconcile)
+
+    p = group.add_parser("canary", help="serve a candidate to a fraction of live requests behind the public name "
+                                        "(or shadow it); `gymops serving watch` promotes or rolls back")
+    p.add_argument("version", help="the candidate's semver")
+    p.add_argument("--fraction", type=float, default=None, help="share of requests (GYMOPS_DELIVERY_CANARY_FRACTION)")
+    p.add_argument("--shadow", type=float, default=None, help="share of the active's requests mirrored to it")
+    p.add_argument("--shadow-only", action="store_true", help="answer nothing, only mirror (a step before the canary)")
+    p.add_argument("--model-type", default="laundry")
+    p.set_defaults(handler=cmd_canary)
+    p = group.add_parser("promote", help="the version in canary serves alone and becomes active")
+    p.add_argument("--reason", default="operator promotion")
+    p.add_argument("--model-type", default="laundry")
+    p.set_defaults(handler=cmd_promote)
+    p = group.add_parser("abort", help="roll the version in canary back; the active version serves alone")
+    p.add_argument("--reason", default="operator abort")
+    p.add_argument("--model-type", default="laundry")
+    p.set_defaults(handler=cmd_abort)

@@ -1,4 +1,4 @@
-"""`gymops serving {setup,start,stop,status,index,swap,unload}`: the Triton server.
+"""`gymops serving {setup,start,stop,status,index,swap,unload,watch}`: the Triton server and the canary watcher.
 
 start runs the server in the background (its own session) and records it under $GYMOPS_HOME/run
 (triton.pid, triton.json); stop and status find it there. Ports: GYMOPS_TRITON_HTTP_PORT,
@@ -127,6 +127,33 @@ def cmd_unload(ss, args) -> int:
     return 0
 
 
+def cmd_watch(settings, args) -> int:
+    """The canary watcher (gymops.serving.watcher): one line per look with a verdict or a change."""
+    from gymops.cli.models import _deployer
+    from gymops.serving.signals import HistoryVerdicts
+    from gymops.serving.watcher import Watcher, source_for
+
+    ds = settings.delivery if args.interval is None else settings.delivery.replace(watch_interval_s=args.interval)
+    last = {"line": None}
+
+    def show(look) -> None:
+        line = look.line()
+        if look.action or line != last["line"] or args.verbose:
+            print(f"{look.at:.3f} {line}", flush=True)
+            last["line"] = line
+
+    watcher = Watcher(_deployer(settings), ds, source_for(settings), HistoryVerdicts(settings), args.model_type,
+                      on_look=show)
+    if args.once:
+        watcher.look()
+        return 0
+    try:
+        watcher.run(max_seconds=args.seconds)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def register(sub) -> None:
     group = add_group(sub, "serving", "the Triton server (explicit model control, PID file under $GYMOPS_HOME/run)")
     p = group.add_parser("setup", help="check the binary, install the stubs' numpy 1.x, prepare the backend directory")
@@ -149,3 +176,11 @@ def register(sub) -> None:
     p = group.add_parser("unload", help="unload every version of MODEL")
     p.add_argument("model")
     p.set_defaults(handler=cmd_unload)
+    p = group.add_parser("watch", help="the canary watcher: reads the live signals every interval, rolls back "
+                                       "on a failing one, promotes when the analysis passes")
+    p.add_argument("--interval", type=float, default=None, help="seconds between looks (GYMOPS_DELIVERY_WATCH_INTERVAL_S)")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until interrupted)")
+    p.add_argument("--once", action="store_true", help="one look")
+    p.add_argument("--verbose", action="store_true", help="print every look")
+    p.add_argument("--model-type", default="laundry")
+    p.set_defaults(handler=cmd_watch)

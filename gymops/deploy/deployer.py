@@ -103,6 +103,25 @@ class Deployer:
 
         return reconcile(self, model_type)
 
+    def start_canary(self, model_type: str, version: str, canary_fraction: float = 0.10,
+                     shadow_fraction: float = 0.0):
+        """See gymops.deploy.canary.start (canary_fraction 0: shadow only)."""
+        from .canary import start
+
+        return start(self, model_type, version, canary_fraction, shadow_fraction)
+
+    def promote_canary(self, model_type: str, reason: str = "canary analysis passed"):
+        """See gymops.deploy.canary.promote."""
+        from .canary import promote
+
+        return promote(self, model_type, reason)
+
+    def abort_canary(self, model_type: str, reason: str, signal: str | None = None, figures: dict | None = None):
+        """See gymops.deploy.canary.abort."""
+        from .canary import abort
+
+        return abort(self, model_type, reason, signal, figures)
+
     def consistency(self, model_type: str, check_server: bool = True) -> Consistency:
         """See gymops.deploy.reconcile.consistency."""
         from .reconcile import consistency

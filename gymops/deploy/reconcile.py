@@ -6,7 +6,9 @@ is the safe one after a crash at any point: a deploy flips Triton before the reg
 (gymops.deploy.rollback). reconcile therefore never decides anything: it removes the staging model
 and temporary leftovers, finishes interrupted archive moves, makes sure the active version's folder
 exists and is sound (restoring it from the archive, or rewriting it from the artifact as a last
-resort), and loads it pinned. consistency reports whether registry, repository and server agree.
+resort), and loads it pinned -- or, when the registry has a version in canary, the canary's route
+folder (gymops.deploy.canary: a registry canary without a sound route is rolled back, route folders
+no canary uses are removed). consistency reports whether registry, repository and server agree.
 """
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ import time
 from typing import TYPE_CHECKING
 
 from gymops.lifecycle.registry import ARCHIVED, RETIRED
-from gymops.serving.control import ControlError
+from gymops.serving.control import ROUTE_BASE, ControlError
 
+from .canary import current_canary, reconcile_canary, remove_routes, route_folders, route_of
 from .folders import folder_problems, registered_sha
 from .reports import Consistency, ReconcileReport
 
@@ -54,11 +57,18 @@ def reconcile(d: "Deployer", model_type: str) -> ReconcileReport:
         else:
             if d.folders.ensure(active, actions):
                 found.append(f"the active version's folder {d.folder(active.triton_version)} was not sound")
-            if served_before != [active.triton_version]:
+            route = reconcile_canary(d, model_type, found, actions)
+            want = route if route is not None else active.triton_version
+            if served_before != [want]:
                 found.append(f"serving {served_before}, the registry's active version is {active.version} "
-                             f"({active.triton_version})")
-                d.control.swap(d.model, active.triton_version)
-                actions.append(f"loaded {d.model} pinned to {active.triton_version} ({active.version})")
+                             f"({active.triton_version})" + (f", in canary through route {route}" if route else ""))
+                d.control.swap(d.model, want)
+                actions.append(f"loaded {d.model} pinned to {want} "
+                               + ("(the canary's route)" if route else f"({active.version})"))
+            stale = [r for r in route_folders(d) if r != route]
+            if stale:
+                found.append(f"route folders no canary uses: {stale}")
+                actions += [f"removed route {r}" for r in remove_routes(d, keep=route)]
         report = ReconcileReport(model_type, active.version if active else None,
                                  active.triton_version if active else None, served_before,
                                  d.control.served_versions(d.model), found, actions)
@@ -89,7 +99,7 @@ def consistency(d: "Deployer", model_type: str, check_server: bool = True) -> Co
             notes.append(f"retired {mv.version} has no folder in the repository (rollback restores it from "
                          "the archive)")
     problems += [f"leftover {p}" for p in d.folders.leftovers()]
-    orphans = d.folders.orphans({mv.triton_version for mv in history})
+    orphans = [v for v in d.folders.orphans({mv.triton_version for mv in history}) if v < ROUTE_BASE]
     if orphans:
         notes.append(f"folders the registry does not know: {orphans}")
     served = None
@@ -97,6 +107,13 @@ def consistency(d: "Deployer", model_type: str, check_server: bool = True) -> Co
         try:
             served = d.control.served_versions(d.model)
             want = [active.triton_version] if active else []
+            canary = current_canary(d.registry, model_type) if active else None
+            if canary is not None:
+                route = route_of(d, canary)
+                if route is None:
+                    problems.append(f"{canary.version} is in canary but no sound route folder serves it")
+                else:
+                    want = [route]
             if served != want:
                 problems.append(f"the server serves {served}, the registry's active version is "
                                 f"{active.version if active else 'none'} ({want})")

@@ -12,18 +12,12 @@ unloads the versions no longer in the policy; unversioned requests go to N as so
 returns, and requests already running on the old version finish on it. A load that fails (corrupt
 ONNX, failing warm-up) leaves the version that was serving in place.
 
-Canary and shadow routing, later, without clients changing: clients only ever call the public name
-("laundry") without a version and read the served version from the response's model_version. The
-public name can therefore become a router while the models move behind it:
-- the Python model in triton_models/laundry moves, unchanged, to an internal name (e.g.
-  "laundry_impl", loaded with version_policy {specific: {versions: [active, candidate]}}: both
-  versions in one model, each in its own stub process, swapped with the same load primitive);
-- "laundry" becomes a small BLS router (Python backend) with the same inputs and outputs, which
-  forwards each request with pb_utils.InferenceRequest(model_name="laundry_impl", model_version=N):
-  N = active, or candidate for a configured fraction / branch (canary), or both (shadow: the
-  candidate's answer is logged for comparison, the active one is returned). The split lives in the
-  router's config parameters, so changing it is again just a load of "laundry" with a new override.
-Until then "laundry" serves one pinned version directly, which is the cheapest path per request.
+Canary and shadow routing without clients changing: clients only ever call the public name
+("laundry") without a version and read the served version from the response's model_version. A
+canary is a ROUTE folder (numbered from ROUTE_BASE) holding the stable and the candidate version
+folders side by side; the served model.py answers each request from one of them (gymops.deploy.canary
+and triton_models/laundry/model.py say why in-process and not BLS, server #7622). Starting, promoting
+and aborting a canary are each one ``swap`` of the public name.
 """
 from __future__ import annotations
 
@@ -73,12 +67,23 @@ def version_dir(repository: Path, model: str, version: int) -> Path:
     return Path(repository) / model / str(int(version))
 
 
+# Folder numbers from here on are ROUTE folders (a canary or shadow: the stable and the candidate
+# version side by side, gymops.deploy.canary), never a registry version's number.
+ROUTE_BASE = 1_000_000_000
+
+
+def is_route(version: int) -> bool:
+    return int(version) >= ROUTE_BASE
+
+
 def list_versions(repository: Path, model: str) -> list[int]:
-    """The numbered version folders of a model, ascending (temporary folders are dot-named)."""
+    """The numbered version folders of a model, ascending (temporary folders are dot-named; route
+    folders, numbered from ROUTE_BASE, are not versions)."""
     model_dir = Path(repository) / model
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+    return sorted(int(p.name) for p in model_dir.iterdir()
+                  if p.is_dir() and p.name.isdigit() and 0 < int(p.name) < ROUTE_BASE)
 
 
 def next_version(repository: Path, model: str) -> int:
