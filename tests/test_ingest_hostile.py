@@ -509,3 +509,20 @@ def test_a_store_outage_holds_the_batch_and_dead_letters_nothing(amqp, tmp_path)
     finally:
         consumer.stop()
         thread.join(30)
+
+
+@pytest.mark.services
+def test_a_new_delivery_limit_migrates_the_quorum_queue_with_its_messages(amqp):
+    from gymops.ingest.broker import Publisher
+
+    bodies = [json.dumps(task_event(_s3(amqp))) for _ in range(50)]
+    publisher = Publisher(amqp)
+    publisher.publish_many(bodies)
+    publisher.close()
+    changed = dataclasses.replace(amqp, rabbitmq_delivery_limit=amqp.rabbitmq_delivery_limit + 2)
+    publisher = Publisher(changed)  # the arguments differ: RabbitMQ refuses the redeclare, the queue is moved
+    publisher.publish(bodies[0])
+    publisher.close()
+    conn, channel = _channel(changed)
+    assert channel.queue_declare(changed.rabbitmq_queue, passive=True).method.message_count == 51
+    conn.close()

@@ -145,11 +145,16 @@ def migrate(connection, settings) -> int:
         try:
             channel.queue_unbind(queue, queue)   # ... and no longer in the old one
             moved = _move(channel, queue, temp)
-            channel.queue_delete(queue, if_unused=True, if_empty=True)
+            # Not if-unused/if-empty: quorum queues refuse both (NOT_IMPLEMENTED closes the connection),
+            # and an old quorum queue is migrated too when the arguments change (a new delivery limit).
+            old = channel.queue_declare(queue, passive=True).method
+            if old.consumer_count or old.message_count:
+                raise RuntimeError(f"cannot migrate queue {queue}: {old.consumer_count} consumer(s) of the old "
+                                   "version still attached (stop them first; nothing was lost)")
+            channel.queue_delete(queue)
         except ChannelClosedByBroker as exc:
             if exc.reply_code != NOT_FOUND:  # gone already: an earlier migration got this far
-                raise RuntimeError(f"cannot migrate queue {queue}: {exc.reply_text} (stop the consumers of "
-                                   "the old version first; nothing was lost)") from exc
+                raise
             channel = connection.channel()
             channel.confirm_delivery()
         channel.queue_declare(queue, durable=True, arguments=args)
