@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=1.0, help="watcher interval, seconds")
     ap.add_argument("--timeout", type=float, default=120.0, help="per trial")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--verbose", action="store_true", help="print every look")
+    ap.add_argument("--kinds", default="errors,latency,wrong,good", help="which trials (comma-separated)")
     args = ap.parse_args(argv)
     if args.clients < 4:
         ap.error("--clients: at least 4")
@@ -200,16 +202,26 @@ def main(argv: list[str] | None = None) -> int:
         def verdicts(version, since):
             return [label != truth[j] for _, j, v, label in list(clients.answers) if v == version]
 
-        watcher = Watcher(deployer, ds, DirectSource(server.metrics_url), verdicts)
-        deployer.start_canary("laundry", mv.version, args.fraction)
-        watcher.look()
-        started = time.monotonic()
-        status = "canary"
-        while time.monotonic() - started < args.timeout:
-            look = watcher.look()
+        errors_seen: list[str] = []
+        done = threading.Event()
+
+        def show(look) -> None:
+            if look.error and look.error != (errors_seen[-1] if errors_seen else None):
+                errors_seen.append(look.error)
+            if args.verbose:
+                print(f"{time.monotonic() - started:.1f} {look.line()}", flush=True)
             if look.action:
-                break
-            time.sleep(args.interval)
+                done.set()
+
+        # the watcher runs beside the deploy, as `gymops serving watch` would
+        watcher = Watcher(deployer, ds, DirectSource(server.metrics_url), verdicts, on_look=show)
+        started = time.monotonic()
+        thread = threading.Thread(target=watcher.run, kwargs={"stop": done.is_set, "max_seconds": args.timeout},
+                                  daemon=True)
+        thread.start()
+        deployer.start_canary("laundry", mv.version, args.fraction)
+        done.wait(args.timeout)
+        thread.join(args.timeout)
         acted_at = time.monotonic()
         time.sleep(0.3)
         clients.stop()
@@ -228,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                  "action": action.action if action else None, "reason": action.reason if action else None,
                  "detect_to_flip_s": round(last_cand - first_seen, 3) if (first_seen and last_cand) else None,
                  "watch_s": round(acted_at - started, 3), "verdicts_seen": len(verdicts(mv.version, None)),
-                 "stable_failures": len(stable_fail)}
+                 "stable_failures": len(stable_fail), "look_errors": errors_seen[:5]}
         if action is not None:
             acc = next((s for s in action.signals if s["name"] == "accuracy"), None)
             entry["accuracy_signal"] = acc
@@ -239,16 +251,22 @@ def main(argv: list[str] | None = None) -> int:
         return entry
 
     try:
-        e = trial("errors")
-        results["detect_to_flip_s_errors"] = e["detect_to_flip_s"] if e["status"] == "rolled_back" else None
-        e = trial("latency")
-        results["detect_to_flip_s_latency"] = e["detect_to_flip_s"] if e["status"] == "rolled_back" else None
-        e = trial("wrong")
-        # the verdicts the watcher had read when it rolled back (the mix signal may act first: then fewer)
-        results["labels_to_rollback_wrong"] = (e["accuracy_signal"] or {}).get("n") \
-            if e["status"] == "rolled_back" else None
-        results["wrong_rolled_back_by"] = (e["reason"] or "").split(" ")[0] or None
-        goods = [trial("good") for _ in range(args.good_trials)]
+        kinds = args.kinds.split(",")
+        if "errors" in kinds:
+            e = trial("errors")
+            results["detect_to_flip_s_errors"] = e["detect_to_flip_s"] if e["status"] == "rolled_back" else None
+        if "latency" in kinds:
+            e = trial("latency")
+            results["detect_to_flip_s_latency"] = e["detect_to_flip_s"] if e["status"] == "rolled_back" else None
+        if "wrong" in kinds:
+            e = trial("wrong")
+            # the verdicts SPRT needed, in arrival order (the watcher may have read more by its look)
+            acc = (e.get("accuracy_signal") or {}).get("figures", {})
+            results["labels_to_rollback_wrong"] = acc.get("sprt_verdicts") \
+                if e["status"] == "rolled_back" and acc.get("sprt") == "reject" else None
+            results["labels_read_at_rollback_wrong"] = acc.get("verdicts")
+            results["wrong_rolled_back_by"] = (e["reason"] or "").split(" ")[0] or None
+        goods = [trial("good") for _ in range(args.good_trials if "good" in kinds else 0)]
         results["good_trials"] = len(goods)
         results["false_rollbacks"] = sum(g["status"] == "rolled_back" for g in goods)
         results["good_promoted"] = sum(g["status"] == "active" for g in goods)

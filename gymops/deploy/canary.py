@@ -237,7 +237,7 @@ def start(d: "Deployer", model_type: str, version: str, canary_fraction: float,
         report.steps["write"] = round(time.monotonic() - t0, 4)
         t0 = time.monotonic()
         try:
-            result = d.control.swap(d.model, route, wait_old=True)
+            result = d.control.swap(d.model, route, wait_old=False)  # the watcher may judge while it unloads
         except Exception as exc:
             shutil.rmtree(d.folder(route), ignore_errors=True)
             raise CanaryFailed("flip", f"{type(exc).__name__}: {exc} (the active version keeps serving)") from exc
@@ -253,6 +253,9 @@ def start(d: "Deployer", model_type: str, version: str, canary_fraction: float,
             shutil.rmtree(d.folder(route), ignore_errors=True)
             raise CanaryFailed("registry", f"{type(exc).__name__}: {exc}") from exc
         report.steps["registry"] = round(time.monotonic() - t0, 4)
+        old = [v for v in result.previous if v != route]
+        if old:
+            d.control.wait_until_unloaded(d.model, old)
         report.warnings += [f"removed stale route {r}" for r in remove_routes(d, keep=route)]
     report.total_seconds = round(time.monotonic() - started, 4)
     log.info("%s %s: %s", model_type, mv.version, reason)
