@@ -251,12 +251,17 @@ class Publisher:
         return n
 
     def close(self) -> None:
-        try:
-            if self._conn is not None and self._conn.is_open:
-                self._conn.close()
-        except AMQPError:
-            pass
+        close_quietly(self._conn)
         self._conn = self._channel = None
+
+
+def close_quietly(conn) -> None:
+    """Close a pika connection that may already be gone (a broker restart closed it first)."""
+    try:
+        if conn is not None and conn.is_open:
+            conn.close()
+    except AMQPError:
+        pass
 
 
 def delivery_count(props) -> int:

@@ -314,13 +314,9 @@ class RabbitMQEventPublisher:
                     raise ConnectionError(f"RabbitMQ publish to {self.exchange} failed: {exc!r}") from exc
 
     def close(self) -> None:
-        from pika.exceptions import AMQPError
+        from gymops.ingest.broker import close_quietly
 
-        try:
-            if self._conn is not None and self._conn.is_open:
-                self._conn.close()
-        except AMQPError:
-            pass
+        close_quietly(self._conn)
         self._conn = self._channel = None
 
     def __enter__(self):
