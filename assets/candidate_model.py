@@ -2,10 +2,12 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from assets.pictures import picture
 from assets.trained_checkpoint import TrainedCheckpoint
 from gymops.lifecycle.registry import LAUNDRY
 from gymops.ml.dataset import DatasetManifest
 from gymops.ml.evaluate import confusion_md, current_holdout, evaluate_onnx, judge_on_holdout
+from gymops.ml import plots
 from gymops.ml.export import export_onnx
 from gymops.ml.train import TrainConfig, train
 from resources.pipeline import PipelineStore
@@ -34,8 +36,8 @@ def candidate_model(context: dg.AssetExecutionContext, pipeline: PipelineStore, 
     onnx_path = pipeline.path("models", LAUNDRY, f"{training_dataset.dataset_id}-{cfg.fingerprint()}.onnx")
     val_x = training_dataset.images("val")
     diff = export_onnx(model, onnx_path, training_dataset.size, samples=val_x[:32])
-    holdout_metrics, _ = judge_on_holdout(onnx_path, current_holdout(pipeline.path("holdout"), LAUNDRY),
-                                          size=training_dataset.size)
+    holdout_metrics = judge_on_holdout(onnx_path, current_holdout(pipeline.path("holdout"), LAUNDRY),
+                                       size=training_dataset.size).metrics
     metrics = {
         "val": evaluate_onnx(onnx_path, val_x, training_dataset.labels("val")),
         "holdout": holdout_metrics,  # on the newest holdout version (the gate scores again on the current one)
@@ -54,6 +56,8 @@ def candidate_model(context: dg.AssetExecutionContext, pipeline: PipelineStore, 
         "val_accuracy": dg.MetadataValue.float(float(metrics["val"]["accuracy"])),
         "holdout_per_class_accuracy": dg.MetadataValue.json(h["per_class_accuracy"]),
         "holdout_confusion_matrix": dg.MetadataValue.md(confusion_md(h["confusion"])),
+        "holdout_confusion_matrix_plot": picture(plots.confusion_matrix(
+            h["confusion"], f"{version.version} on holdout v{h['holdout_version']}"), "confusion matrix"),
         "onnx_max_abs_diff": dg.MetadataValue.float(float(diff)),
         "onnx": dg.MetadataValue.path(str(onnx_path)),
         "dataset_id": training_dataset.dataset_id,

@@ -5,11 +5,13 @@ import numpy as np
 import pandas as pd
 
 from assets.candidate_model import CandidateModel, candidate_model
+from assets.pictures import picture
 from assets.corrected_tasks import KEY as CORRECTED_TASKS, load_days
 from assets.training_dataset import training_dataset
 from gymops.lifecycle import gates as verification
 from gymops.lifecycle import outbox as events
 from gymops.lifecycle.registry import LAUNDRY, IllegalTransition
+from gymops.ml import plots
 from gymops.ml.dataset import DatasetManifest
 from gymops.ml.evaluate import current_holdout, judge_on_holdout
 from gymops.ml.preprocess import IMAGE_SIZE, normalise
@@ -75,13 +77,19 @@ def accuracy_gate(context: dg.AssetCheckExecutionContext, pipeline: PipelineStor
                   gates: GatesResource, candidate_model: CandidateModel):
     holdout = current_holdout(pipeline.path("holdout"), LAUNDRY)
     try:  # both models scored now, on the current version: like with like
-        holdout_metrics, champion = judge_on_holdout(candidate_model.onnx_path, holdout, registry.registry(), IMAGE_SIZE)
+        judged = judge_on_holdout(candidate_model.onnx_path, holdout, registry.registry(), IMAGE_SIZE)
     except FileNotFoundError as exc:
         raise dg.Failure(str(exc)) from exc
-    gate = verification.accuracy_gate({"val": candidate_model.metrics["val"], "holdout": holdout_metrics}, champion,
-                                      gates.settings())
+    gate = verification.accuracy_gate({"val": candidate_model.metrics["val"], "holdout": judged.metrics},
+                                      judged.champion, gates.settings())
     gate.figures["holdout_version"] = holdout.version
-    return _result(context, registry, gate, candidate_model.version, gate_metadata(gate))
+    meta = gate_metadata(gate)
+    meta["gate_plot"] = picture(plots.gate_intervals(gate.figures, gates.settings().noninferiority_margin),
+                                "each gate's estimate and interval against its threshold")
+    if judged.champion is not None:
+        meta["champion_vs_challenger_plot"] = picture(plots.class_accuracy(judged.per_group(candidate_model.version)),
+                                                      "champion and challenger per class and on the newest photos")
+    return _result(context, registry, gate, candidate_model.version, meta)
 
 
 def gate_metadata(gate: verification.GateResult) -> dict:

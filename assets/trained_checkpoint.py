@@ -4,7 +4,9 @@ from dataclasses import asdict, dataclass, field
 import dagster as dg
 import pandas as pd
 
+from assets.pictures import picture
 from assets.progress import ProgressLog
+from gymops.ml import plots
 from gymops.ml.dataset import DatasetManifest
 from gymops.ml.evaluate import confusion_md, why_not_learned
 from gymops.ml.train import TrainConfig, train
@@ -80,6 +82,8 @@ def trained_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig
         "per_class_accuracy": dg.MetadataValue.json(m["per_class_accuracy"]),
         "confusion_matrix": dg.MetadataValue.md(confusion_md(m["confusion"])),
         "training_curves": dg.MetadataValue.md(pd.DataFrame(result.curves).round(4).to_markdown(index=False)),
+        "training_curves_plot": picture(plots.training_curves(result.curves), "training curves"),
+        "confusion_matrix_plot": picture(plots.confusion_matrix(m["confusion"], "validation"), "confusion matrix"),
         "epochs": result.epochs,
         "best_epoch": result.best_epoch or 0,
         "lr": cfg.lr,

@@ -161,11 +161,13 @@ def gate_sample(pipeline_root: Path, dataset_id: str | None) -> dict | None:
 
 def gate_pass_probability(good: float, defective: float, val: dict, holdout: dict, gates=None) -> float:
     """How often a model with these true per-class accuracies passes the accuracy gates (the
-    thresholds of ``gates``, a verification.GateSettings) measured on validation and holdout sets with
-    these photos per class: independent binomial errors per class, champion comparison left out."""
+    thresholds of ``gates``, a verification.GateSettings, read as the gate reads them: validation by
+    its estimate, the holdout and each class by their pass marks) measured on validation and
+    holdout sets with these photos per class: independent binomial errors per class, champion
+    comparison left out."""
     from math import comb
 
-    from gymops.lifecycle.gates import GateSettings
+    from gymops.lifecycle.gates import GateSettings, pass_mark
 
     gates = gates or GateSettings()
 
@@ -179,9 +181,12 @@ def gate_pass_probability(good: float, defective: float, val: dict, holdout: dic
     eps = 1e-9
     p_val = p(val["good"], val["defective"],
               lambda ng, nd, eg, ed: (ng + nd - eg - ed) / (ng + nd) >= gates.val_accuracy - eps)
+    def mark(n: int, threshold: float) -> int:
+        return pass_mark(n, threshold, gates.decision_margin, gates.decision_alpha)
+
     p_hold = p(holdout["good"], holdout["defective"], lambda ng, nd, eg, ed: (
-        (ng + nd - eg - ed) / (ng + nd) >= gates.holdout_accuracy - eps
-        and (ng - eg) / ng >= gates.class_accuracy - eps and (nd - ed) / nd >= gates.class_accuracy - eps))
+        ng + nd - eg - ed >= mark(ng + nd, gates.holdout_accuracy)
+        and ng - eg >= mark(ng, gates.class_accuracy) and nd - ed >= mark(nd, gates.class_accuracy)))
     return p_val * p_hold
 
 

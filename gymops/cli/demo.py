@@ -14,7 +14,8 @@ def cmd_demo(settings, args) -> int:
     from gymops.demo.loop import main
 
     argv = []
-    for option, value in (("--tasks", args.tasks), ("--live-tasks", args.live_tasks), ("--seed", args.seed)):
+    for option, value in (("--tasks", args.tasks), ("--live-tasks", args.live_tasks), ("--seed", args.seed),
+                          ("--result", args.result)):
         if value is not None:
             argv += [option, str(value)]
     return main(argv)
@@ -25,8 +26,10 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("--replication-only", action="store_true",
                    help="only the replication part: simulated traffic through the ingestion endpoint into Feast")
-    p.add_argument("--tasks", type=int, default=None, help="laundry tasks in the first week of history (default 300)")
+    p.add_argument("--tasks", type=int, default=None,
+                   help="laundry tasks in the first week of history (default 800; 300 with --replication-only)")
     p.add_argument("--live-tasks", type=int, default=None,
                    help="tasks per batch of live traffic while the first model serves (default 500; not with --replication-only)")
     p.add_argument("--seed", type=int, default=None, help="(default 7)")
+    p.add_argument("--result", default=None, help="write the outcome as JSON to this file (bench/demo_swaps.py)")
     p.set_defaults(handler=cmd_demo)

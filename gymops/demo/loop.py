@@ -19,6 +19,7 @@ import threading
 import time
 import warnings
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 # The demo runs the production rules: the design's gates with the README's decision rule (no
 # demo-only margin, no demo-only holdout size: the holdout follows the sizing rule) and the
@@ -103,6 +104,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks", type=int, default=HISTORY_TASKS, help="laundry tasks in the first week of history")
     parser.add_argument("--live-tasks", type=int, default=500, help="tasks per batch of live traffic while the first model serves")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--result", default="", help="also write the outcome as JSON here (bench/demo_swaps.py counts it)")
     args = parser.parse_args(argv)
 
     import dagster as dg
@@ -219,6 +221,11 @@ def main(argv=None) -> int:
         print(f"   live requests during the demo: {traffic.requests}, failed: {traffic.failed}; "
               f"served by version: {json.dumps(traffic.versions)}")
         print(f"   registry: active {after.version}; previous {after.previous_version} kept loadable for `gymops models rollback`")
+        if args.result:
+            Path(args.result).write_text(json.dumps({
+                "seed": args.seed, "first": v1.version, "active": after.version, "swapped": after.version != v1.version,
+                "requests": traffic.requests, "failed": traffic.failed, "trigger": request.tags["gymops/trigger"],
+                "seconds": round(time.monotonic() - began, 1)}) + "\n")
     finally:
         if ingest is not None:
             processes.stop(ingest)

@@ -256,7 +256,10 @@ class Holdout:
         return cls(folder=Path(folder), model_type=m["model_type"], task_ids=m["task_ids"], labels=m["labels"],
                    digests=m["digests"], created_at=m["created_at"], seed=m["seed"], fraction=m["fraction"],
                    min_per_class=m["min_per_class"], version=m.get("version", 1),
-                   added_in=m.get("added_in") or [], considered_until=m.get("considered_until", ""))
+                   added_in=m.get("added_in") or [],
+                   # a holdout frozen before versions existed looked at what was confirmed until its freeze
+                   considered_until=m.get("considered_until") or _ts_key(datetime.fromisoformat(
+                       m["created_at"].replace("Z", "+00:00"))))
 
     @classmethod
     def freeze_or_load(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -164,7 +165,28 @@ def current_holdout(holdout_dir: Path | str, model_type: str):
     return holdout
 
 
-def judge_on_holdout(candidate_onnx: Path | str, holdout, registry=None, size: int | None = None):
+@dataclass(frozen=True)
+class Judgement:
+    """A candidate judged on one holdout version: its metrics, and with an active model, the
+    champion's metrics and the paired comparison of the two on the very same photos."""
+    metrics: dict
+    champion: Any = None  # lifecycle.gates.ChampionComparison
+    champion_metrics: dict | None = None
+    newest_accuracy: dict | None = None  # {"challenger": .., "champion": ..} on the newest photos, if any
+
+    def per_group(self, challenger: str) -> dict[str, dict[str, float | None]]:
+        """{model: {group: accuracy}}: each class of the holdout, and the newest photos."""
+        out = {}
+        for name, metrics, key in ((f"champion {self.champion.champion_version}", self.champion_metrics, "champion"),
+                                   (f"challenger {challenger}", self.metrics, "challenger")):
+            row = {f"holdout {label}": acc for label, acc in metrics["per_class_accuracy"].items()}
+            if self.newest_accuracy:
+                row["newest photos"] = self.newest_accuracy[key]
+            out[name] = row
+        return out
+
+
+def judge_on_holdout(candidate_onnx: Path | str, holdout, registry=None, size: int | None = None) -> Judgement:
     """The candidate's metrics on ``holdout`` (a Holdout version) and, when a model is active, the
     paired comparison of the two on the very same photos (lifecycle.gates.ChampionComparison):
     overall, and on the photos set aside after the version the champion was trained against (its
@@ -179,12 +201,19 @@ def judge_on_holdout(candidate_onnx: Path | str, holdout, registry=None, size: i
     metrics["holdout_version"] = holdout.version
     active = registry.active(holdout.model_type) if registry is not None else None
     if active is None:
-        return metrics, None
+        return Judgement(metrics)
     if not Path(active.artifact_uri).exists():
         raise FileNotFoundError(f"active model {active.version}: artifact {active.artifact_uri} is missing")
     p_champion = predict_onnx(active.artifact_uri, x)[:, 1]
     trained_against = active.metrics.get("holdout_version") if isinstance(active.metrics, dict) else None
-    comparison = compare_with_champion(
-        active.version, holdout.version, (p_candidate >= 0.5) == (y == 1), (p_champion >= 0.5) == (y == 1),
-        holdout.added_after(trained_against) if trained_against is not None else None)
-    return metrics, comparison
+    newest = holdout.added_after(trained_against) if trained_against is not None else None
+    right_candidate, right_champion = (p_candidate >= 0.5) == (y == 1), (p_champion >= 0.5) == (y == 1)
+    comparison = compare_with_champion(active.version, holdout.version, right_candidate, right_champion, newest)
+    champion_metrics = classification_metrics(p_champion, y, 0.5)
+    champion_metrics["holdout_version"] = holdout.version
+    newest_accuracy = None
+    if newest is not None and any(newest):
+        mask = np.asarray(newest, dtype=bool)
+        newest_accuracy = {"challenger": float(right_candidate[mask].mean()),
+                           "champion": float(right_champion[mask].mean())}
+    return Judgement(metrics, comparison, champion_metrics, newest_accuracy)
