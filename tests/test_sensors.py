@@ -179,6 +179,16 @@ def test_the_window_reaches_back_window_days(sensor_env):
     assert (datetime.fromisoformat(end) - datetime.fromisoformat(start)).days == 30
 
 
+def test_a_rate_alarm_is_urgent_whatever_the_count():
+    from gymops.lifecycle.retraining import correction_rate
+
+    alarm = correction_rate([True] * 5, 0.03, POLICY)
+    decision = decide(5, NOW - timedelta(hours=2), NOW, POLICY, alarm)
+    assert decision.retrain and decision.reason.startswith("urgent: 5 of 5 verdicts")
+    calm = correction_rate([False] * 30, 0.03, POLICY)
+    assert not decide(5, NOW - timedelta(hours=2), NOW, POLICY, calm).retrain
+
+
 def test_correction_rate_against_known_cases():
     from gymops.lifecycle.retraining import correction_rate
 
