@@ -1,46 +1,16 @@
-"""Shared fixtures. Service tests use the real PostgreSQL, Redis and RabbitMQ: outside CI they skip
+"""Shared pytest fixtures (plain helpers are in fixtures.py). Service tests use the real PostgreSQL, Redis and RabbitMQ: outside CI they skip
 with the reason when one is down; in CI (CI=true) a missing service is a failure, not a skip."""
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
+import dataclasses
 import uuid
 
 import pytest
 
+from fixtures import free_port, require_services
+from gymops.processes import start, stop, wait_http
 from gymops.settings import Settings
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-SERVICES = {"PostgreSQL": ("127.0.0.1", 5432), "Redis": ("127.0.0.1", 6379), "RabbitMQ": ("127.0.0.1", 5672)}
-
-
-def _down() -> list[str]:
-    down = []
-    for name, addr in SERVICES.items():
-        try:
-            with socket.create_connection(addr, timeout=1):
-                pass
-        except OSError as exc:
-            down.append(f"{name} at {addr[0]}:{addr[1]} ({exc.strerror or exc})")
-    return down
-
-
-def require_services() -> None:
-    down = _down()
-    if not down:
-        return
-    message = "services not reachable: " + ", ".join(down)
-    if IN_CI:
-        pytest.fail(message + " (CI must run the service tests; .ci/run starts them)")
-    pytest.skip(message + "; start them to run the services profile tests")
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(scope="session")
 def embedded(tmp_path_factory):
@@ -101,3 +71,19 @@ def _drop_services(settings) -> None:
 def profile(request):
     """Runs a test on both profiles: the same behaviour on each."""
     return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="module")
+def endpoint(embedded, tmp_path_factory):
+    """The HTTP ingestion endpoint as a process of its own (`gymops ingest serve`) on the embedded
+    profile, one per test module: (settings, base URL)."""
+    settings = dataclasses.replace(embedded, ingest_port=free_port())
+    log = tmp_path_factory.mktemp("http") / "serve.log"
+    proc = start(settings, "ingest", "serve", log=log)
+    base = f"http://127.0.0.1:{settings.ingest_port}"
+    try:
+        wait_http(base + "/healthz", proc, log)
+        yield settings, base
+    finally:
+        # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully
+        assert stop(proc) in (0, -15), log.read_text()[-2000:]

@@ -13,7 +13,7 @@ import pytest
 from gymops.history import tables as history
 from gymops.ingest.broker import Publisher
 from gymops.processes import start, stop, wait_for
-from test_replicator import task_event
+from fixtures import task_event
 
 pytestmark = pytest.mark.services
 

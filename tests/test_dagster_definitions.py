@@ -4,7 +4,7 @@ import dagster as dg
 
 from gymops.ingest.replicator import Replicator
 from gymops.settings import Settings
-from test_replicator import task_event
+from fixtures import task_event
 
 
 def test_code_location_loads():

@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from conftest import IN_CI, free_port
+from fixtures import IN_CI, free_port
 from gymops.settings import DEPLOY_HEADER, PROJECT_ROOT
 from gymops.db import _engine, metadata
 from gymops.deploy.deployer import STEPS, CandidateRejected, DeployFailed, Deployer

@@ -1,28 +1,9 @@
-import dataclasses
 import json
-import uuid
 
-import pytest
 import requests
 
-from conftest import free_port
+from fixtures import task_event
 from gymops.history import tables as history
-from gymops.processes import start, stop, wait_http
-from test_replicator import task_event
-
-
-@pytest.fixture(scope="module")
-def endpoint(embedded, tmp_path_factory):
-    settings = dataclasses.replace(embedded, ingest_port=free_port())
-    log = tmp_path_factory.mktemp("http") / "serve.log"
-    proc = start(settings, "ingest", "serve", log=log)
-    base = f"http://127.0.0.1:{settings.ingest_port}"
-    try:
-        wait_http(base + "/healthz", proc, log)
-        yield settings, base
-    finally:
-        # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully
-        assert stop(proc) in (0, -15), log.read_text()[-2000:]
 
 
 def post(base, body, token, content_type="application/json"):

@@ -19,8 +19,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from gymops.history import tables as history
 from gymops.ingest.events import EventValidationError, parse_event
 from gymops.processes import start, stop, wait_for
-from test_http_ingest import endpoint  # noqa: F401  (the module's own serve process)
-from test_replicator import task_event
+from fixtures import task_event
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 

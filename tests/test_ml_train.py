@@ -4,7 +4,6 @@ A tiny configuration: 100 simulated tasks, 3 images per training task (about 240
 """
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

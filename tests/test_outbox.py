@@ -165,7 +165,7 @@ def test_published_event_reaches_a_bound_queue(services):
 def test_publisher_failure_leaves_the_event_pending(profile, box):
     import dataclasses
 
-    from conftest import free_port
+    from fixtures import free_port
 
     nowhere = dataclasses.replace(profile, rabbitmq_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F")
     event_id = box.record_event(model_deployed("laundry", "1.0.0", 1, None, datetime.now(timezone.utc)))

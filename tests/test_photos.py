@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IN_CI, free_port
+from fixtures import IN_CI, free_port
 from gymops.cli import main as cli_main
 from gymops.settings import Settings
 from gymops.storage import s3server

@@ -5,7 +5,7 @@ import json
 import dagster as dg
 import pytest
 
-from pipeline_helpers import LENIENT_GATES, check_results, materialised, run_training, tiny_run_config
+from fixtures import LENIENT_GATES, check_results, materialised, run_training, tiny_run_config
 from gymops.simulator.history import ingest_simulated_history
 
 pytestmark = pytest.mark.slow

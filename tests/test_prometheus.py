@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from conftest import IN_CI, free_port
+from fixtures import IN_CI, free_port
 from gymops.lifecycle.outbox import MODEL_ROLLED_BACK
 from gymops.serving.prometheus import PrometheusServer, TierCollector, prometheus_binary, serve_tier_metrics
 from gymops.serving.signals import PrometheusSource, figures_of

@@ -5,21 +5,11 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
+from fixtures import task_event
 from gymops.history import tables as history
 from gymops.storage.photos import photo_store_for
 from gymops.ingest.replicator import Replicator, replay_dead_letters
 
-
-def task_event(photo_url, corrected=True, event_id=None, task_id=None, **over):
-    event = {
-        "eventType": "TaskConfirmedEvent", "eventId": event_id or f"ev-{uuid.uuid4()}",
-        "taskId": task_id or f"TASK-{uuid.uuid4().hex[:10]}", "helperId": "HELPER-1", "branchId": "BR-1",
-        "photoUrl": photo_url, "aiResult": "good", "aiModelVersion": "none",
-        "finalResult": "defective" if corrected else "good", "corrected": corrected,
-        "correctionReason": "얼룩" if corrected else None, "timestamp": "2026-11-21T10:00:00Z",
-    }
-    event.update(over)
-    return event
 
 
 @pytest.fixture
@@ -184,7 +174,7 @@ def test_query_plan_of_corrections_since_uses_an_index(profile):
 def test_a_store_outage_acknowledges_nothing_and_a_retry_lands_once(services, tmp_path):
     """Redis (the online store) unreachable: the push fails, ingest raises, the offline history
     has none of the batch; once the store is back the same batch lands exactly once."""
-    from conftest import free_port
+    from fixtures import free_port
     from gymops.settings import Settings
     from gymops.history.feature_store import open_store
 

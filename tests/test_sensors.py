@@ -7,10 +7,10 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import pytest
 
-from gymops.lifecycle.retraining import Decision, decide
+from gymops.lifecycle.retraining import decide
 from gymops.settings import RetrainSettings, Settings
 from gymops.ingest.replicator import Replicator
-from test_replicator import task_event
+from fixtures import task_event
 
 NOW = datetime(2026, 11, 22, 12, tzinfo=timezone.utc)
 POLICY = RetrainSettings(min_corrections=100, min_days=7, urgent_corrections=300)

@@ -20,7 +20,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import IN_CI, free_port
+from fixtures import IN_CI, free_port
 from gymops.settings import Settings
 from gymops.settings import DEPLOY_HEADER, PROJECT_ROOT
 from gymops.ml.preprocess import preprocess

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import IN_CI
+from fixtures import IN_CI
 from gymops.settings import Settings
 from gymops.ingest.events import DEFECTIVE, GOOD, parse_event
 from gymops.storage.photos import LocalPhotoStore
