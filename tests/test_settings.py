@@ -95,3 +95,35 @@ def test_nothing_outside_the_settings_module_reads_the_environment():
             if ("os.environ" in text or "os.getenv" in text) and rel not in allowed:
                 offenders.append(rel)
     assert offenders == []
+
+
+def _documented_variables() -> set[str]:
+    """GYMOPS_* names in the README, with its shorthand rows expanded (`GYMOPS_PG_HOST`, `_PORT`)."""
+    import re
+
+    from gymops.settings import _flatten
+
+    known = set(_flatten(Settings()))
+    found = set()
+    for line in (PROJECT_ROOT / "README.md").read_text().splitlines():
+        names = re.findall(r"`(GYMOPS_[A-Z0-9_]+|_[A-Z0-9_]+)`", line)
+        first = None
+        for name in names:
+            if name.startswith("GYMOPS_"):
+                first = name
+                found.add(name)
+            elif first:  # a suffix: the first name's prefix that makes a known variable
+                parts = first.split("_")
+                candidates = ["_".join(parts[:i]) + name for i in range(len(parts) - 1, 1, -1)]
+                found.add(next((c for c in candidates if c in known), candidates[0]))
+    return found
+
+
+def test_every_documented_setting_exists_and_every_setting_is_documented():
+    from gymops.settings import _flatten
+
+    known = set(_flatten(Settings())) | {"GYMOPS_REDIS_CONNECTION", "GYMOPS_DAGSTER_PG_URL"}  # derived, for config files
+    documented = _documented_variables()
+    assert documented - known == set(), "documented in the README but read nowhere"
+    internal = {"GYMOPS_DEPLOY_HEADER", "GYMOPS_TRITON_HOST", "GYMOPS_REDIS_CONNECTION", "GYMOPS_DAGSTER_PG_URL"}
+    assert known - internal - documented == set(), "read by gymops/settings.py but not in the README"
