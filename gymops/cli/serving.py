@@ -128,29 +128,51 @@ def cmd_unload(ss, args) -> int:
 
 
 def cmd_watch(settings, args) -> int:
-    """The canary watcher (gymops.serving.watcher): one line per look with a verdict or a change."""
+    """The canary watcher (gymops.serving.watcher): one line per look with a verdict or a change.
+
+    It also serves the tier's metrics (TierCollector) on delivery.metrics_port (--metrics-port; 0 =
+    none) with live accuracy and shadow agreement per version from each look, and writes the board
+    the Dagster UI shows ($GYMOPS_HOME/run/delivery.json, gymops.serving.live). A port in use is a
+    warning, not a stop: the watcher's job is the rollback, the endpoint is for the eyes."""
     from gymops.cli.models import _deployer
+    from gymops.serving.live import LiveBoard, board_path
+    from gymops.serving.prometheus import TierCollector, serve_tier_metrics
     from gymops.serving.signals import HistoryVerdicts
     from gymops.serving.watcher import Watcher, source_for
 
     ds = settings.delivery if args.interval is None else settings.delivery.replace(watch_interval_s=args.interval)
     last = {"line": None}
+    deployer = _deployer(settings)
+    verdicts = HistoryVerdicts(settings, args.model_type)
+    collector = TierCollector(settings, deployer.registry.engine, args.model_type)
+    port = ds.metrics_port if args.metrics_port is None else args.metrics_port
+    server = None
+    if port and not args.once:
+        try:
+            server = serve_tier_metrics(collector, port, settings.serving.host)
+            print(f"tier metrics on http://{settings.serving.host}:{port}/metrics", flush=True)
+        except OSError as exc:
+            print(f"warning: tier metrics not served on port {port}: {exc}", file=sys.stderr, flush=True)
+    board = LiveBoard(ds, verdicts, collector, board_path(settings))
 
     def show(look) -> None:
+        board(look)
         line = look.line()
         if look.action or line != last["line"] or args.verbose:
             print(f"{look.at:.3f} {line}", flush=True)
             last["line"] = line
 
-    watcher = Watcher(_deployer(settings), ds, source_for(settings), HistoryVerdicts(settings), args.model_type,
-                      on_look=show)
-    if args.once:
-        watcher.look()
-        return 0
+    watcher = Watcher(deployer, ds, source_for(settings), verdicts, args.model_type, on_look=show)
     try:
-        watcher.run(max_seconds=args.seconds)
+        if args.once:
+            watcher.look()
+        else:
+            watcher.run(max_seconds=args.seconds)
     except KeyboardInterrupt:
         pass
+    finally:
+        if server is not None:
+            server[0].shutdown()
     return 0
 
 
@@ -183,4 +205,6 @@ def register(sub) -> None:
     p.add_argument("--once", action="store_true", help="one look")
     p.add_argument("--verbose", action="store_true", help="print every look")
     p.add_argument("--model-type", default="laundry")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="the tier's metrics endpoint (GYMOPS_DELIVERY_METRICS_PORT; 0: none)")
     p.set_defaults(handler=cmd_watch)

@@ -16,6 +16,9 @@ registry (prometheus-client's multiprocess mode is what importing Feast otherwis
     gymops_history_rows / gymops_history_lag_seconds  replicated confirmations, newest one's age
     gymops_corrections_pending                    corrections since the active version was deployed
     gymops_live_accuracy{model_version}, gymops_live_verdicts{model_version}  set by the watcher
+    gymops_shadow_agreement{model_version}, gymops_shadow_photos{model_version}  set by the watcher
+(``gymops serving watch`` serves this collector on delivery.metrics_port and feeds the last four from
+each look through gymops.serving.live.LiveBoard.)
 """
 from __future__ import annotations
 
@@ -113,9 +116,13 @@ class TierCollector:
         self.engine = engine
         self.model_type = model_type
         self.live: dict[str, tuple[float | None, int]] = {}  # model_version -> (accuracy, verdicts)
+        self.shadow: dict[str, tuple[float | None, int]] = {}  # model_version -> (agreement, photos)
 
     def set_live(self, version: str, accuracy: float | None, verdicts: int) -> None:
         self.live[version] = (accuracy, verdicts)
+
+    def set_shadow(self, version: str, agreement: float | None, photos: int) -> None:
+        self.shadow[version] = (agreement, photos)
 
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
@@ -162,6 +169,15 @@ class TierCollector:
             verdicts.add_metric([version], n)
         yield accuracy
         yield verdicts
+        agreement = GaugeMetricFamily("gymops_shadow_agreement", "Candidate's agreement with the active model "
+                                      "on mirrored/served photos", labels=["model_version"])
+        photos = GaugeMetricFamily("gymops_shadow_photos", "Photos compared for the agreement", labels=["model_version"])
+        for version, (share, n) in self.shadow.items():
+            if share is not None:
+                agreement.add_metric([version], share)
+            photos.add_metric([version], n)
+        yield agreement
+        yield photos
 
 
 def serve_tier_metrics(collector: TierCollector, port: int, host: str = "127.0.0.1"):
