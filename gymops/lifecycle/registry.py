@@ -33,219 +33,24 @@ status change, or compose your own with ``transaction()`` and the ``conn=`` para
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 import time
 import zlib
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import unquote, urlsplit
 
 import sqlalchemy as sa
 
-from gymops.db import as_utc, metadata
-
-MODEL_TYPES = ("laundry", "face")
-LAUNDRY = "laundry"  # the model type the laundry pipeline trains, gates and deploys
-
-CANDIDATE = "candidate"
-REJECTED = "rejected"
-CANARY = "canary"
-ACTIVE = "active"
-RETIRED = "retired"
-ROLLED_BACK = "rolled_back"
-ARCHIVED = "archived"
-STATUSES = (CANDIDATE, REJECTED, CANARY, ACTIVE, RETIRED, ROLLED_BACK, ARCHIVED)
-
-TRANSITIONS: dict[str, frozenset[str]] = {
-    CANDIDATE: frozenset({REJECTED, CANARY, ACTIVE}),
-    CANARY: frozenset({ACTIVE, REJECTED, ROLLED_BACK}),
-    ACTIVE: frozenset({RETIRED, ROLLED_BACK}),
-    RETIRED: frozenset({ACTIVE, ARCHIVED}),
-    REJECTED: frozenset({CANDIDATE, ARCHIVED}),
-    ROLLED_BACK: frozenset({ARCHIVED}),
-    ARCHIVED: frozenset(),
-}
-ARCHIVABLE = frozenset({RETIRED, REJECTED, ROLLED_BACK})
-BUMPS = ("major", "minor", "patch")
-KEEP_LOADABLE = 10
-
-_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
-
-model_versions = sa.Table(
-    "model_versions",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("model_type", sa.String(32), nullable=False),
-    sa.Column("version", sa.String(32), nullable=False),
-    # The semver parts, so that ordering is numeric (1.10.0 after 1.9.0).
-    sa.Column("major", sa.Integer, nullable=False),
-    sa.Column("minor", sa.Integer, nullable=False),
-    sa.Column("patch", sa.Integer, nullable=False),
-    sa.Column("triton_version", sa.Integer, nullable=False),
-    sa.Column("architecture", sa.String(128), nullable=False),
-    sa.Column("metrics", sa.JSON, nullable=False),
-    sa.Column("dataset_id", sa.String(256)),
-    sa.Column("run_id", sa.String(128)),
-    sa.Column("parent_version", sa.String(32)),
-    sa.Column("artifact_uri", sa.Text, nullable=False),
-    # sha256 of the ONNX file, hex; NULL when it could not be read (a remote URI, rows from before).
-    sa.Column("artifact_sha256", sa.String(64)),
-    sa.Column("trained_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("deployed_at", sa.DateTime(timezone=True)),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("previous_version", sa.String(32)),
-    sa.Column("status_reason", sa.Text),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-    sa.UniqueConstraint("model_type", "version", name="model_versions_type_version"),
-    sa.UniqueConstraint("model_type", "triton_version", name="model_versions_type_triton"),
-    sa.CheckConstraint(f"status IN ({', '.join(repr(s) for s in STATUSES)})", name="model_versions_status"),
-    sa.Index("model_versions_type_status", "model_type", "status"),
-    sa.Index("model_versions_type_artifact", "model_type", "artifact_sha256", unique=True),  # NULLs may repeat
-    sa.Index("model_versions_one_active", "model_type", unique=True,
-             sqlite_where=sa.text("status = 'active'"), postgresql_where=sa.text("status = 'active'")),
+from gymops.db import metadata
+from gymops.lifecycle.versions import (  # noqa: F401 (the registry's public names)
+    ACTIVE, ARCHIVABLE, ARCHIVED, BUMPS, CANARY, CANDIDATE,
+    IllegalTransition, KEEP_LOADABLE, LAUNDRY, MODEL_TYPES, ModelVersion, NEWEST_FIRST,
+    REJECTED, RETIRED, ROLLED_BACK, RegistryError, STATUSES, TRANSITIONS,
+    VersionNotFound, add_artifact_column, artifact_digest, check_type, model_versions, next_version,
+    parse_version, version_of_row,
 )
 
-
-class RegistryError(RuntimeError):
-    pass
-
-
-class VersionNotFound(RegistryError, LookupError):
-    def __init__(self, model_type: str, version: str):
-        super().__init__(f"{model_type} model version {version} is not in the registry")
-        self.model_type = model_type
-        self.version = version
-
-
-class IllegalTransition(RegistryError):
-    def __init__(self, model_type: str, version: str, from_status: str, to_status: str):
-        allowed = ", ".join(sorted(TRANSITIONS.get(from_status, ()))) or "nothing"
-        super().__init__(f"{model_type} {version}: cannot go from {from_status} to {to_status} "
-                         f"(from {from_status} it may go to: {allowed})")
-        self.model_type = model_type
-        self.version = version
-        self.from_status = from_status
-        self.to_status = to_status
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    model_type: str
-    version: str
-    triton_version: int
-    architecture: str
-    metrics: dict
-    dataset_id: str | None
-    run_id: str | None
-    parent_version: str | None
-    artifact_uri: str
-    trained_at: datetime
-    deployed_at: datetime | None
-    status: str
-    previous_version: str | None
-    status_reason: str | None
-    updated_at: datetime
-    artifact_sha256: str | None = None
-
-    @property
-    def semver(self) -> tuple[int, int, int]:
-        return parse_version(self.version)
-
-
-def parse_version(version: str) -> tuple[int, int, int]:
-    match = _SEMVER.match(version or "")
-    if not match:
-        raise ValueError(f"not a semver version (MAJOR.MINOR.PATCH): {version!r}")
-    return int(match[1]), int(match[2]), int(match[3])
-
-
-
-def _row(row) -> ModelVersion:
-    m = row._mapping
-    return ModelVersion(
-        model_type=m["model_type"], version=m["version"], triton_version=m["triton_version"],
-        architecture=m["architecture"], metrics=m["metrics"] or {}, dataset_id=m["dataset_id"],
-        run_id=m["run_id"], parent_version=m["parent_version"], artifact_uri=m["artifact_uri"],
-        trained_at=as_utc(m["trained_at"]), deployed_at=as_utc(m["deployed_at"]), status=m["status"],
-        previous_version=m["previous_version"], status_reason=m["status_reason"], updated_at=as_utc(m["updated_at"]),
-        artifact_sha256=m["artifact_sha256"],
-    )
-
-
-def artifact_digest(artifact_uri: str | Path) -> str | None:
-    """sha256 (hex) of the artifact when it is a readable local file (a path or a file:// URI),
-    else None: a remote or missing artifact cannot be recognised, so it is never merged."""
-    text = str(artifact_uri)
-    parts = urlsplit(text)
-    if parts.scheme == "file":
-        path = Path(unquote(parts.path))
-    elif parts.scheme and len(parts.scheme) > 1:  # s3://, http://... (one letter: a Windows drive)
-        return None
-    else:
-        path = Path(text)
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    except OSError:
-        return None
-    return digest.hexdigest()
-
-
-def _add_artifact_column(engine: sa.Engine) -> None:
-    """A model_versions table created before artifact_sha256 existed gains it, and its unique
-    index, in place. Adding a nullable column is cheap and safe on a live table on SQLite and
-    PostgreSQL; old rows keep NULL (their file may be gone), so they are never merged. A concurrent
-    process doing the same is tolerated: the check is repeated after a failure."""
-    for attempt in range(2):
-        inspector = sa.inspect(engine)
-        has_column = "artifact_sha256" in {c["name"] for c in inspector.get_columns("model_versions")}
-        has_index = "model_versions_type_artifact" in {i["name"] for i in inspector.get_indexes("model_versions")}
-        if has_column and has_index:
-            return
-        try:
-            with engine.begin() as conn:
-                if not has_column:
-                    conn.exec_driver_sql("ALTER TABLE model_versions ADD COLUMN artifact_sha256 VARCHAR(64)")
-                conn.exec_driver_sql("CREATE UNIQUE INDEX IF NOT EXISTS model_versions_type_artifact "
-                                     "ON model_versions (model_type, artifact_sha256)")
-            return
-        except sa.exc.DBAPIError:
-            if attempt:
-                raise
-
-
-def _check_type(model_type: str) -> None:
-    if model_type not in MODEL_TYPES:
-        raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
-
-
-_NEWEST = (model_versions.c.major.desc(), model_versions.c.minor.desc(), model_versions.c.patch.desc())
-
-
-def next_version(existing: list[tuple[str, int, int, int]], architecture: str, bump: str = "minor",
-                 parent_version: str | None = None) -> tuple[int, int, int]:
-    """The version a new model gets, from (architecture, major, minor, patch) of the versions
-    already registered for its model type (archived ones included: numbers are never reused).
-
-    First ever: 1.0.0. A new architecture, or bump="major": next major. bump="minor" (retrain):
-    the major of the parent (or of the newest version of this architecture), next minor in that
-    major. bump="patch" (tuning): the parent's (or newest's) major.minor, next patch in it."""
-    if bump not in BUMPS:
-        raise ValueError(f"bump must be one of {', '.join(BUMPS)}, got {bump!r}")
-    if not existing:
-        return 1, 0, 0
-    same_arch = sorted((v[1:] for v in existing if v[0] == architecture), reverse=True)
-    if bump == "major" or not same_arch:
-        return max(v[1] for v in existing) + 1, 0, 0
-    base = parse_version(parent_version) if parent_version else same_arch[0]
-    if bump == "minor":
-        return base[0], max(v[2] for v in existing if v[1] == base[0]) + 1, 0
-    return base[0], base[1], max(v[3] for v in existing if v[1:3] == base[:2]) + 1
 
 
 class ModelRegistry:
@@ -256,7 +61,7 @@ class ModelRegistry:
         self.outbox = outbox
         self.retries = retries
         metadata.create_all(engine, tables=[model_versions])
-        _add_artifact_column(engine)
+        add_artifact_column(engine)
 
     # -- transactions -----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -265,7 +70,7 @@ class ModelRegistry:
 
         Pass the connection as ``conn=`` to the registry's methods and to ``Outbox.record`` to
         commit several changes (and their events) together."""
-        _check_type(model_type)
+        check_type(model_type)
         with self.engine.connect() as conn:
             if conn.dialect.name == "sqlite":
                 conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock now, not at the first write
@@ -295,12 +100,12 @@ class ModelRegistry:
             model_versions.c.model_type == model_type, model_versions.c.version == version)).first()
         if row is None:
             raise VersionNotFound(model_type, version)
-        return _row(row)
+        return version_of_row(row)
 
     def _active(self, conn, model_type: str) -> ModelVersion | None:
         row = conn.execute(sa.select(model_versions).where(
             model_versions.c.model_type == model_type, model_versions.c.status == ACTIVE)).first()
-        return _row(row) if row is not None else None
+        return version_of_row(row) if row is not None else None
 
     def _update(self, conn, mv: ModelVersion, to_status: str, reason: str | None, **values) -> ModelVersion:
         if to_status not in STATUSES:
@@ -327,7 +132,7 @@ class ModelRegistry:
         lineage stays; if it has not served (candidate, or rejected: it becomes a candidate again)
         the new ``metrics`` replace the old, as they are the figures of the newer evaluation. The
         caller tells a reused version by its status, or by ``find_artifact`` beforehand."""
-        _check_type(model_type)
+        check_type(model_type)
         if not architecture or not isinstance(architecture, str):
             raise ValueError("architecture must be a non-empty string")
         if not artifact_uri:
@@ -392,7 +197,7 @@ class ModelRegistry:
             return None
         found = conn.execute(sa.select(model_versions).where(
             model_versions.c.model_type == model_type, model_versions.c.artifact_sha256 == sha256)).first()
-        return _row(found) if found is not None else None
+        return version_of_row(found) if found is not None else None
 
     def set_status(self, model_type: str, version: str, status: str, reason: str | None = None,
                    conn: sa.Connection | None = None) -> ModelVersion:
@@ -454,7 +259,7 @@ class ModelRegistry:
                 .order_by(model_versions.c.triton_version.desc()).limit(1)).first()
             if row is None:
                 raise RegistryError(f"{model_type}: no retired version to roll back to from {current.version}")
-            return current, _row(row)
+            return current, version_of_row(row)
         target = self._load(conn, model_type, to_version)
         if target.version == current.version:
             raise RegistryError(f"{model_type}: cannot roll back {current.version} to itself")
@@ -507,7 +312,7 @@ class ModelRegistry:
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         with self._tx(model_type, conn) as tx:
-            rows = [_row(r) for r in tx.execute(sa.select(model_versions).where(
+            rows = [version_of_row(r) for r in tx.execute(sa.select(model_versions).where(
                 model_versions.c.model_type == model_type, model_versions.c.status != ARCHIVED)
                 .order_by(model_versions.c.triton_version.desc()))]
             archived = []
@@ -537,7 +342,7 @@ class ModelRegistry:
     def history(self, model_type: str, limit: int = 50) -> list[ModelVersion]:
         """Newest first (by Triton version), archived ones included."""
         with self.engine.connect() as conn:
-            return [_row(r) for r in conn.execute(sa.select(model_versions).where(
+            return [version_of_row(r) for r in conn.execute(sa.select(model_versions).where(
                 model_versions.c.model_type == model_type)
                 .order_by(model_versions.c.triton_version.desc()).limit(limit))]
 
@@ -545,7 +350,7 @@ class ModelRegistry:
         """The newest ``keep`` versions not archived (newest first), plus the active one should it
         be older: what the Triton repository must keep on disk."""
         with self.engine.connect() as conn:
-            rows = [_row(r) for r in conn.execute(sa.select(model_versions).where(
+            rows = [version_of_row(r) for r in conn.execute(sa.select(model_versions).where(
                 model_versions.c.model_type == model_type, model_versions.c.status != ARCHIVED)
                 .order_by(model_versions.c.triton_version.desc()))]
         out = rows[:keep]
@@ -558,5 +363,5 @@ class ModelRegistry:
         if architecture is not None:
             query = query.where(model_versions.c.architecture == architecture)
         with self.engine.connect() as conn:
-            row = conn.execute(query.order_by(*_NEWEST).limit(1)).first()
-        return _row(row) if row is not None else None
+            row = conn.execute(query.order_by(*NEWEST_FIRST).limit(1)).first()
+        return version_of_row(row) if row is not None else None
