@@ -16,6 +16,7 @@ import dataclasses
 import math
 import os
 import secrets
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -115,6 +116,23 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True)
+class FaceSettings:
+    """Face entry (gymops/face; README "Face entry"). GYMOPS_FACE_*.
+
+    ``assets_dir``: where the build step (scripts/bootstrap.sh -> python -m gymops.face.assets) put
+    the pretrained weights and the real check photos; beside the venv's packages because they belong
+    to the build, not to a tier's state (``make clean`` must not delete them). ``model_name``: the
+    public Triton name clients call ("face"), never with a version. The decision threshold is NOT a
+    setting: every model version carries its own, derived from impostor scores (issue 12).
+    """
+    assets_dir: Path = Path(sys.prefix) / "share" / "gymops-face"
+    model_name: str = "face"
+
+    def replace(self, **changes) -> "FaceSettings":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
 class ServingSettings:
     """The Triton server this project runs. GYMOPS_TRITON_*, GYMOPS_DEPLOY_TOKEN."""
     home: Path = PROJECT_ROOT / "var"
@@ -183,6 +201,7 @@ class Settings:
     partitions: PartitionSettings = PartitionSettings()
     serving: ServingSettings = ServingSettings()
     delivery: DeliverySettings = DeliverySettings()
+    face: FaceSettings = FaceSettings()
 
     def __post_init__(self):
         if self.profile not in PROFILES:
@@ -237,7 +256,7 @@ class Settings:
 
     def replace(self, **changes) -> "Settings":
         """A copy with some fields changed; ``gates={...}`` etc. change fields of a group."""
-        for group in ("gates", "retrain", "partitions", "serving", "delivery"):
+        for group in ("gates", "retrain", "partitions", "serving", "delivery", "face"):
             if isinstance(changes.get(group), Mapping):
                 changes[group] = dataclasses.replace(getattr(self, group), **changes[group])
         return dataclasses.replace(self, **changes)
@@ -338,7 +357,7 @@ def ensure_tokens(settings: Settings) -> Settings:
 
 # -- plumbing ----------------------------------------------------------------------------------------
 _GROUPS = {"gates": GateSettings, "retrain": RetrainSettings, "partitions": PartitionSettings,
-           "serving": ServingSettings, "delivery": DeliverySettings}
+           "serving": ServingSettings, "delivery": DeliverySettings, "face": FaceSettings}
 # Variable names that do not follow GYMOPS_<GROUP>_<FIELD>.
 _NAMES = {
     ("serving", "deploy_token"): "GYMOPS_DEPLOY_TOKEN",
@@ -355,7 +374,8 @@ _NAMES = {
     (None, "database_url_override"): "GYMOPS_DATABASE_URL",
 }
 _PREFIX = {"gates": "GYMOPS_GATE_", "retrain": "GYMOPS_RETRAIN_", "partitions": "GYMOPS_PARTITIONS_",
-           "serving": "GYMOPS_TRITON_", "delivery": "GYMOPS_DELIVERY_", None: "GYMOPS_"}
+           "serving": "GYMOPS_TRITON_", "delivery": "GYMOPS_DELIVERY_",
+           "face": "GYMOPS_FACE_", None: "GYMOPS_"}
 _KEEP_EMPTY = {"GYMOPS_PG_PASSWORD", "GYMOPS_DAGSTER_PG_URL"}
 # variable -> (lo, hi), inclusive
 _BOUNDS = {

