@@ -23,8 +23,8 @@ Euclidean distance < 0.6" on raw descriptors is ~cosine > 0.82 for these unit-is
 """
 from __future__ import annotations
 
-import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gymops.face import assets
-
-INPUT_SIZE = 150
-EMBEDDING_DIM = 128
-# dlib's input_rgb_image_sized<150>: subtract these per-channel means, divide by 256.
-MEAN_RGB = (122.782, 117.001, 104.298)
-SCALE = 256.0
+from gymops.face.preprocess import EMBEDDING_DIM, INPUT_SIZE, MEAN_RGB, SCALE, normalise, preprocess  # noqa: F401
 
 # (name, in_channels, out_channels, down) in forward order; names are the weight manifest's.
 BLOCKS = (
@@ -148,41 +143,6 @@ def load_pretrained(assets_dir: Path | None = None) -> FaceDescriptor:
     return model.eval()
 
 
-# --------------------------------------------------------------------------------------------------
-# Pre- and post-processing (the same code for enrolment, entry, training and the served version)
-
-def preprocess(photo) -> np.ndarray:
-    """A face chip (encoded bytes, PIL image or HxWx3 uint8 RGB) -> (3, 150, 150) float32.
-
-    Not square: padded to a square around its centre (black, as face-api does) so the face is not
-    stretched; then resized to 150 px and normalised as dlib's input layer does."""
-    from PIL import Image
-
-    if isinstance(photo, (bytes, bytearray, memoryview)):
-        img = Image.open(io.BytesIO(bytes(photo)))
-    elif isinstance(photo, np.ndarray):
-        img = Image.fromarray(photo)
-    else:
-        img = photo
-    img = img.convert("RGB")
-    w, h = img.size
-    if w != h:
-        side = max(w, h)
-        square = Image.new("RGB", (side, side))
-        square.paste(img, ((side - w) // 2, (side - h) // 2))
-        img = square
-    if img.size != (INPUT_SIZE, INPUT_SIZE):
-        img = img.resize((INPUT_SIZE, INPUT_SIZE), Image.BILINEAR)
-    a = np.asarray(img, np.float32)
-    a = (a - np.asarray(MEAN_RGB, np.float32)) / SCALE
-    return np.ascontiguousarray(a.transpose(2, 0, 1))
-
-
-def normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 @torch.no_grad()
 def embed(model: nn.Module, photos, batch_size: int = 32) -> np.ndarray:
     """Photos (see preprocess) -> (N, 128) L2-normalised float32 embeddings."""
@@ -202,7 +162,9 @@ def export_onnx(model: nn.Module, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
     dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
-    torch.onnx.export(model, dummy, str(path), input_names=["image"], output_names=["embedding"],
-                      dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}}, opset_version=17,
-                      dynamo=False)
+    with warnings.catch_warnings():  # the down-blocks' padding is a constant of the fixed 150 px input
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, dummy, str(path), input_names=["image"], output_names=["embedding"],
+                          dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}}, opset_version=17,
+                          dynamo=False)
     return path
