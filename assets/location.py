@@ -17,6 +17,7 @@ import dagster as dg
 
 from assets.candidate_model import candidate_model
 from assets.corrected_tasks import build_corrected_tasks
+from assets.delivery import live_delivery, live_delivery_sensor
 from assets.deployed_model import deployed_model
 from assets.face import build_face_samples_daily
 from assets.gates import GATES
@@ -37,11 +38,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     jobs = build_jobs(days, gym_days)
     return dg.Definitions(
         assets=[replicated_history, build_corrected_tasks(days), training_dataset, trained_checkpoint,
-                candidate_model, deployed_model, build_face_samples_daily(gym_days)],
+                candidate_model, deployed_model, build_face_samples_daily(gym_days), live_delivery],
         asset_checks=GATES,
         jobs=list(jobs.values()),
         schedules=[build_face_nightly_schedule(jobs["face_nightly"])],
-        sensors=[build_laundry_corrections_sensor(jobs["laundry_retrain"], days)],
+        sensors=[build_laundry_corrections_sensor(jobs["laundry_retrain"], days), live_delivery_sensor],
         resources=build_resources(settings),
     )
 
