@@ -136,6 +136,9 @@ class FaceMatcher:
         with self._lock:
             self._indexes = {k: v for k, v in self._indexes.items() if k != version}
 
+    def loaded(self, version: str) -> GalleryIndex | None:
+        return self._indexes.get(version)
+
     def index(self, version: str) -> GalleryIndex:
         index = self._indexes.get(version)
         if index is None:
