@@ -30,9 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -146,34 +143,19 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--clients: at least 4")
     out = args.out or DEFAULT_OUT
 
-    from gymops.db import _engine, metadata
-    from gymops.deploy.deployer import Deployer
+    from bench.models import deploy_stack
     from gymops.deploy.folders import version_meta
-    from gymops.lifecycle.outbox import Outbox
-    from gymops.lifecycle.registry import ModelRegistry
     from gymops.serving.client import LaundryClient
-    from gymops.serving.control import ModelControl, write_version
-    from gymops.serving.server import TritonServer
+    from gymops.serving.control import write_version
     from gymops.serving.signals import DirectSource
     from gymops.serving.watcher import Watcher
-    from gymops.settings import DEPLOY_HEADER, DeliverySettings
-    from bench.models import free_port
+    from gymops.settings import DeliverySettings
 
     ds = DeliverySettings(canary_fraction=args.fraction, watch_interval_s=args.interval,
                           promote_verdicts=0, promote_minutes=0.0, promote_requests=100)
-    tmp = Path(tempfile.mkdtemp(prefix="gymops-bench-canary-"))
-    repo = tmp / "repo"
-    (repo / MODEL).mkdir(parents=True)
-    for name in ("config.pbtxt", "model.py"):
-        shutil.copyfile(ROOT / "triton_models" / MODEL / name, repo / MODEL / name)
-    engine = _engine(f"sqlite:///{tmp / 'registry.db'}")
-    metadata.create_all(engine)
-    registry = ModelRegistry(engine, Outbox(engine))
-    server = TritonServer(repo, home=tmp / "triton", deploy_token=secrets.token_urlsafe(24),
-                          deploy_header=DEPLOY_HEADER, http_port=free_port(), grpc_port=free_port(),
-                          metrics_port=free_port()).start()
-    control = ModelControl.for_server(server)
-    deployer = Deployer(registry, control, repo, MODEL, archive_dir=tmp / "archive")
+    stack = deploy_stack("gymops-bench-canary-")
+    st = stack.__enter__()
+    tmp, repo, registry, server, deployer = st.tmp, st.repo, st.registry, st.server, st.deployer
     pics = photos()
     counter = {"k": 0}
 
@@ -273,10 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         results["failed_stable"] = failed_stable
         results["candidate_failures"] = candidate_failures
     finally:
-        control.close()
-        server.stop()
-        engine.dispose()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stack.__exit__(None, None, None)
     summary = {k: v for k, v in results.items() if k != "trials"}
     print(json.dumps(summary, indent=2))
     out.parent.mkdir(parents=True, exist_ok=True)

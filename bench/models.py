@@ -349,6 +349,57 @@ def triton(versions: Sequence[ModelVersion], load: int | None = 1, **config_chan
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@dataclass
+class DeployStack:
+    tmp: Path
+    repo: Path
+    engine: object
+    registry: object
+    server: object
+    control: object
+    deployer: object
+
+
+@contextlib.contextmanager
+def deploy_stack(prefix: str = "gymops-bench-deploy-") -> Iterator[DeployStack]:
+    """The production deploy path on throwaway state: a temporary repository with the shipped
+    config.pbtxt and model.py (no version yet), a SQLite registry with its outbox, tritonserver on
+    free loopback ports and the Deployer over them -- so a benchmark measures the calls `gymops
+    deploy` and `gymops models canary` make. Stopped (by PID) and removed afterwards."""
+    from gymops.db import _engine, metadata
+    from gymops.deploy.deployer import Deployer
+    from gymops.lifecycle.outbox import Outbox
+    from gymops.lifecycle.registry import ModelRegistry
+    from gymops.serving.control import ModelControl
+    from gymops.serving.server import TritonServer
+    from gymops.settings import DEPLOY_HEADER
+
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    server = control = engine = None
+    try:
+        repo = tmp / "repo"
+        (repo / MODEL).mkdir(parents=True)
+        for name in ("config.pbtxt", "model.py"):
+            shutil.copyfile(ROOT / "triton_models" / MODEL / name, repo / MODEL / name)
+        engine = _engine(f"sqlite:///{tmp / 'registry.db'}")
+        metadata.create_all(engine)
+        registry = ModelRegistry(engine, Outbox(engine))
+        server = TritonServer(repo, home=tmp / "triton", deploy_token=secrets.token_urlsafe(24),
+                              deploy_header=DEPLOY_HEADER, http_port=free_port(), grpc_port=free_port(),
+                              metrics_port=free_port()).start()
+        control = ModelControl.for_server(server)
+        deployer = Deployer(registry, control, repo, MODEL, archive_dir=tmp / "archive")
+        yield DeployStack(tmp, repo, engine, registry, server, control, deployer)
+    finally:
+        if control is not None:
+            control.close()
+        if server is not None:
+            server.stop()
+        if engine is not None:
+            engine.dispose()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def triton_metrics(url: str, model: str = MODEL) -> dict[str, float]:
     """The model's counters from Triton's Prometheus endpoint (summed over versions), e.g.
     nv_inference_count (photos), nv_inference_exec_count (batches run), nv_inference_request_success,

@@ -12,7 +12,17 @@ same duration per path:
 2. ``ort``: bare onnxruntime in this process, the ceiling: gymops.ml.preprocess.preprocess +
    session.run of one photo per call, one session shared by the client threads, with the SAME
    session options as the Triton model (intra/inter-op threads, spinning, from the config).
-3. ``eager``: a plain FastAPI app (below) started as a child process with uvicorn: POST the JPEG
+3. ``canary``: the same Triton build with a canary active, set up as production sets it up: a
+   SQLite registry, ``Deployer.deploy`` of version 1 (the active one), then
+   ``Deployer.start_canary`` of version 2 (the other REAL trained version) at
+   ``--canary-fraction`` (default: DeliverySettings' 0.10). The served model.py then holds both
+   sessions in the route folder and picks one per request, counting the per-version signals the
+   watcher reads (pb_utils.MetricFamily). gRPC clients; headline ``triton_canary_rps``, which must
+   stay >= 0.8 x ``ort_rps`` (issue 11). The share of answers naming the candidate is reported
+   (``canary.candidate_share``) so a routing that silently sends nothing to the candidate shows.
+   Only with the shipped config (no exploring changes): the deployer writes the repository's
+   config.pbtxt.
+4. ``eager``: a plain FastAPI app (below) started as a child process with uvicorn: POST the JPEG
    to /classify; it decodes + preprocesses with gymops.ml.preprocess and runs the LaundryNet in
    PyTorch eager mode (torch threads = Triton's intra-op threads x instances), one photo per request.
 
@@ -25,10 +35,12 @@ summed over the rounds, ``--concurrency`` client threads in this process. The an
 to be the same model's (max |p - p_ort| over 16 photos). Every loop is bounded in count and time;
 servers are stopped by PID.
 
-Targets: Triton >= 0.8 x the bare onnxruntime throughput and >= 2 x the FastAPI path; p50 <= 25 ms.
+Targets: Triton >= 0.8 x the bare onnxruntime throughput and >= 2 x the FastAPI path; p50 <= 25 ms;
+with a canary active, Triton still >= 0.8 x bare onnxruntime.
 
     python -m bench.serving            # the full run; writes bench/results/serving.json
     python -m bench.serving --quick    # a short smoke run (writes only with --out)
+    python -m bench.serving --quick --paths ort,canary --requests 10   # smoke of the canary run
 Exploring (figures go to stdout only unless --out): --instances N, --queue-delay-us N,
 --intra-op-threads N, --concurrency N, --paths triton,ort.
 """
@@ -51,7 +63,7 @@ from bench.models import (
 )
 
 DEFAULT_OUT = RESULTS / "serving.json"
-PATHS = ("ort", "triton", "eager")
+PATHS = ("ort", "triton", "canary", "eager")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -260,6 +272,24 @@ def ort_factory(version, params):
     return (lambda: (call, lambda: None)), probabilities
 
 
+@contextlib.contextmanager
+def canary_triton(versions, golden: list[bytes], fraction: float):
+    """tritonserver on a temporary repository (the shipped config.pbtxt and model.py) where the
+    deployer serves versions[0] and then starts versions[1] in canary at ``fraction``: the very
+    calls `gymops deploy` and `gymops models canary` make. Yields (server, facts); stops it by PID."""
+    from bench.models import MODEL, deploy_stack
+
+    with deploy_stack("gymops-bench-canary-serving-") as st:
+        stable, candidate = (st.registry.register_candidate(MODEL, "bench", {}, f"bench-v{v.number}",
+                                                            f"bench-{v.semver}", str(v.onnx)) for v in versions[:2])
+        st.deployer.deploy(MODEL, stable.version, golden)
+        report = st.deployer.start_canary(MODEL, candidate.version, fraction)
+        yield st.server, {"stable_version": stable.version, "candidate_version": candidate.version,
+                          "fraction": fraction, "route_folder": report.route,
+                          "start_s": round(sum(report.steps.values()), 3),
+                          "registry_status": st.registry.get(MODEL, candidate.version).status}
+
+
 # --------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=4, help="client threads per throughput run")
     ap.add_argument("--photos", type=int, default=128)
     ap.add_argument("--rounds", type=int, help="interleaved rounds the time is split into (default 4, quick 1)")
-    ap.add_argument("--paths", default=",".join(PATHS), help="subset of ort,triton,eager")
+    ap.add_argument("--paths", default=",".join(PATHS), help="subset of ort,triton,canary,eager")
+    ap.add_argument("--canary-fraction", type=float, default=None,
+                    help="the canary's share of requests (default GYMOPS_DELIVERY_CANARY_FRACTION's default, 0.10)")
     ap.add_argument("--instances", type=int, help="override the instance count (exploring)")
     ap.add_argument("--queue-delay-us", type=int, help="override max_queue_delay_microseconds (exploring)")
     ap.add_argument("--intra-op-threads", type=int, help="override intra_op_threads (exploring)")
@@ -293,7 +325,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_dynamic_batching:
         changes["dynamic_batching"] = False
     changes = {k: v for k, v in changes.items() if v is not None}
-    exploring = bool(changes) or bool(args.variant) or args.concurrency != 4 or set(paths) != set(PATHS)
+    if "canary" in paths and changes:
+        ap.error("the canary path runs the shipped config only (the deployer writes config.pbtxt): "
+                 "drop canary from --paths to explore config changes")
+    if args.canary_fraction is None:
+        from gymops.settings import DeliverySettings
+
+        args.canary_fraction = DeliverySettings().canary_fraction
+    exploring = bool(changes) or bool(args.variant) or args.concurrency != 4 or set(paths) != set(PATHS) \
+        or args.canary_fraction != 0.10
     out = args.out or (None if (args.quick or exploring or args.seconds or args.requests) else DEFAULT_OUT)
 
     versions = build_versions()
@@ -341,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
                 measured[f"variant_{protocol}"] = ServingPath(protocol, triton_caller(tv.urls[protocol], protocol),
                                                               server_pid=tv.server.pid,
                                                               metrics_url=tv.server.metrics_url)
+        if "canary" in paths:
+            tc, figures["canary"] = stack.enter_context(canary_triton(versions, photos[:6], args.canary_fraction))
+            measured["triton_canary"] = ServingPath("grpc", triton_caller(tc.grpc_url, "grpc"), server_pid=tc.pid,
+                                                    metrics_url=tc.metrics_url)
         if "eager" in paths:
             eager = EagerServer(version.folder, version.semver, threads)
             stack.callback(eager.stop)
@@ -391,6 +435,11 @@ def main(argv: list[str] | None = None) -> int:
             figures["triton_pss_tree_mib"] = mem["pss_bytes"] / 2**20
         for name, p in measured.items():
             figures[name] = p.figures()
+        if "triton_canary" in measured:  # who answered under load: the route's split, as served
+            answered = [r[3] for r in measured["triton_canary"].records if not r[3].startswith("ERROR")]
+            cand = figures["canary"]["candidate_version"]
+            figures["canary"]["answers"] = len(answered)
+            figures["canary"]["candidate_share"] = (sum(v == cand for v in answered) / len(answered)) if answered else None
 
     t = {"latency_grpc": figures.get("triton_grpc", {}).get("latency", {}),
          "latency_http": figures.get("triton_http", {}).get("latency", {}),
@@ -402,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     figures["triton_http_rps"] = rps(t.get("throughput_http"))
     figures["ort_rps"] = rps(figures.get("ort", {}).get("throughput"))
     figures["eager_rps"] = rps(figures.get("eager", {}).get("throughput"))
+    figures["triton_canary_rps"] = rps(figures.get("triton_canary", {}).get("throughput"))
+    figures["triton_canary_p50_ms"] = figures.get("triton_canary", {}).get("latency", {}).get("p50_ms")
     figures["p50_ms"] = t.get("latency_grpc", {}).get("p50_ms")
     figures["p50_ms_http"] = t.get("latency_http", {}).get("p50_ms")
     figures["p99_ms"] = t.get("latency_grpc", {}).get("p99_ms")
@@ -411,8 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     figures["p99_ms_under_load"] = {
         "triton_grpc": t.get("throughput_grpc", {}).get("p99_ms"), "triton_http": t.get("throughput_http", {}).get("p99_ms"),
         "ort": figures.get("ort", {}).get("throughput", {}).get("p99_ms"),
+        "triton_canary": figures.get("triton_canary", {}).get("throughput", {}).get("p99_ms"),
         "eager": figures.get("eager", {}).get("throughput", {}).get("p99_ms")}
-    names = ("ort", "triton_grpc", "triton_http", "variant_grpc", "variant_http", "eager")
+    names = ("ort", "triton_grpc", "triton_http", "triton_canary", "variant_grpc", "variant_http", "eager")
     figures["cpu_ms_per_request"] = {name: figures[name]["cpu_per_request"]["total_ms"] for name in names if name in figures}
     if args.variant:
         figures["variant"] = {name: {"rps": figures[name]["throughput"]["requests_per_s"],
@@ -425,15 +477,19 @@ def main(argv: list[str] | None = None) -> int:
         "triton_http_vs_ort": ratio(figures["triton_http_rps"], figures["ort_rps"]),
         "triton_vs_eager": ratio(figures["triton_rps"], figures["eager_rps"]),
         "triton_http_vs_eager": ratio(figures["triton_http_rps"], figures["eager_rps"]),
+        "triton_canary_vs_ort": ratio(figures["triton_canary_rps"], figures["ort_rps"]),
+        "triton_canary_vs_triton": ratio(figures["triton_canary_rps"], figures["triton_rps"]),
     }
     failed = sum((d or {}).get("failed", 0) for d in (t.get("throughput_grpc"), t.get("throughput_http"),
                                                        figures.get("ort", {}).get("throughput"),
+                                                       figures.get("triton_canary", {}).get("throughput"),
                                                        figures.get("eager", {}).get("throughput")))
     figures["failed"] = failed
     r = figures["ratios"]
     figures["targets"] = {
         "triton_vs_ort_ge_0.8": None if r["triton_vs_ort"] is None else r["triton_vs_ort"] >= 0.8,
         "triton_vs_eager_ge_2": None if r["triton_vs_eager"] is None else r["triton_vs_eager"] >= 2.0,
+        "triton_canary_vs_ort_ge_0.8": None if r["triton_canary_vs_ort"] is None else r["triton_canary_vs_ort"] >= 0.8,
         "p50_le_25ms": None if figures["p50_ms"] is None else figures["p50_ms"] <= 25.0,
         "no_failed_requests": failed == 0,
     }
