@@ -221,6 +221,11 @@ def main(argv=None) -> int:
         print(f"   live requests during the demo: {traffic.requests}, failed: {traffic.failed}; "
               f"served by version: {json.dumps(traffic.versions)}")
         print(f"   registry: active {after.version}; previous {after.previous_version} kept loadable for `gymops models rollback`")
+        from gymops.demo import canary as canary_act  # issue 11: progressive delivery
+
+        step(f"progressive delivery: a deliberately faulty candidate goes to canary beside {after.version}; "
+             "the watcher judges the live signals and rolls it back on its own")
+        canary_act.run(settings, Deployer.for_settings(registry, ss), after, photos)
         if args.result:
             Path(args.result).write_text(json.dumps({
                 "seed": args.seed, "first": v1.version, "active": after.version, "swapped": after.version != v1.version,
