@@ -34,6 +34,10 @@ class Embedder(Protocol):
         """(N, 128) unit vectors and, per photo, the model_version that embedded it."""
 
 
+class InvalidPhoto(ValueError):
+    """The photo could not be decoded (the caller's fault: HTTP 400 / gRPC INVALID_ARGUMENT)."""
+
+
 class GalleryNotReady(RuntimeError):
     """No gallery is loaded for the model version that embedded the probe."""
 
@@ -80,7 +84,10 @@ class LocalEmbedder:
     def embed(self, photos: Sequence[bytes], batch_size: int = 16) -> tuple[np.ndarray, list[str]]:
         out = []
         for i in range(0, len(photos), batch_size):
-            x = np.stack([self._pre.preprocess(p) for p in photos[i:i + batch_size]]).astype(np.float32)
+            try:
+                x = np.stack([self._pre.preprocess(p) for p in photos[i:i + batch_size]]).astype(np.float32)
+            except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+                raise InvalidPhoto(f"undecodable face photo: {exc}") from exc
             out.append(self._session.run(["embedding"], {"image": x})[0])
         e = self._pre.normalise(np.concatenate(out)) if out else np.zeros((0, 128), np.float32)
         return e, [self.model_version] * len(e)
@@ -111,7 +118,12 @@ class TritonEmbedder:
             inp.set_data_from_numpy(np.array([[bytes(photo)]], dtype=object))
             outs = [tc.InferRequestedOutput("embedding"), tc.InferRequestedOutput("model_version")]
             kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
-            result = client.infer(self.model, [inp], outputs=outs, **kwargs)
+            try:
+                result = client.infer(self.model, [inp], outputs=outs, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - tritonclient raises one type for everything
+                if "undecodable" in str(exc):
+                    raise InvalidPhoto(str(exc)) from exc
+                raise
             vectors.append(result.as_numpy("embedding")[0])
             v = result.as_numpy("model_version").reshape(-1)[0]
             versions.append(v.decode() if isinstance(v, bytes) else str(v))
