@@ -137,3 +137,35 @@ def test_gymops_serving_watch_once_writes_the_board_on_an_empty_profile(tmp_path
     saved = read_board(board_path(settings))
     assert saved["look"]["candidate"] is None and saved["versions"] == {} and saved["actions"] == []
     assert "no canary" in capsys.readouterr().out
+
+
+def test_gymops_serving_watch_serves_the_tier_metrics_while_it_runs(tmp_path, capsys):
+    import threading
+    import time
+
+    from gymops.cli import build_parser
+
+    from gymops.db import engine_for
+    from gymops.lifecycle.registry import ModelRegistry
+
+    settings = Settings(profile="embedded", home=tmp_path / "home")
+    artifact = tmp_path / "model.onnx"
+    artifact.write_bytes(b"not served: only registered")
+    ModelRegistry(engine_for(settings)).register_candidate("laundry", "tiny", {}, "DS-1", "run-1", str(artifact))
+    port = free_port()
+    args = build_parser().parse_args(["serving", "watch", "--seconds", "4", "--interval", "0.5",
+                                      "--metrics-port", str(port)])
+    thread = threading.Thread(target=args.handler, args=(settings, args), daemon=True)
+    thread.start()
+    scraped, deadline = None, time.monotonic() + 20
+    while scraped is None and time.monotonic() < deadline:
+        try:
+            scraped = _scrape(port)
+        except OSError:
+            time.sleep(0.2)
+    thread.join(30)
+    assert scraped is not None and not thread.is_alive()
+    assert scraped[("gymops_models", (("status", "candidate"),))] == 1  # read from the registry at scrape time
+    assert f"tier metrics on http://127.0.0.1:{port}/metrics" in capsys.readouterr().out
+    with pytest.raises(OSError):  # shut down with the watcher
+        _scrape(port)
