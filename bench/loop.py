@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 UNSEEN_SEED = 515151  # the unseen photos are the same for every run and every model
 # (kind of worse, value): a share of the training labels flipped, or (epochs, learning rate) cut short
+QUICK_GATES = {"val_accuracy": 0.6, "holdout_accuracy": 0.6, "class_accuracy": 0.4, "throughput_rps": 5.0,
+               "latency_ms": 1000.0, "perf_requests": 200}
 WORSE = [("flip", 0.1), ("flip", 0.15), ("flip", 0.2), ("flip", 0.25), ("flip", 0.3), ("flip", 0.4),
          ("short", (1, 1e-4)), ("short", (2, 1e-4)), ("short", (1, 3e-4)), ("short", (3, 5e-5))]
 
@@ -105,6 +107,9 @@ def one_run(seed: int, args, work: Path) -> dict:
     from resources import build_resources
 
     settings = Settings(profile="embedded", home=work / "home", ingest_token="bench")
+    if args.quick:  # a smoke of the code path only: tiny trainings cannot meet the design's gates
+        settings = settings.replace(gates=QUICK_GATES, retrain={"min_corrections": 10, "urgent_corrections": 10})
+    run_config = runs.training_run_config(copies=2, max_epochs=8, patience=8) if args.quick else runs.training_run_config()
     feature_store.apply(settings)
     engine = engine_for(settings)
     registry = ModelRegistry(engine, outbox=Outbox(engine))
@@ -114,7 +119,7 @@ def one_run(seed: int, args, work: Path) -> dict:
     (work / "dagster").mkdir(parents=True, exist_ok=True)
     with dg.instance_for_test(temp_dir=str(work / "dagster")) as instance:
         today = datetime.now(timezone.utc).date().isoformat()
-        first_run = runs.run_laundry_training(settings, instance, first, today, runs.training_run_config())
+        first_run = runs.run_laundry_training(settings, instance, first, today, run_config)
         out["first_model_passed"] = passed(first_run)
         if not out["first_model_passed"]:
             out["error"] = "the first model did not pass its gates"
@@ -153,7 +158,7 @@ def one_run(seed: int, args, work: Path) -> dict:
         out["trigger"] = request.tags["gymops/trigger"]
         t0 = time.perf_counter()
         second = runs.run_laundry_training(settings, instance, request.tags[runs.RANGE_START],
-                                           request.tags[runs.RANGE_END], runs.training_run_config(),
+                                           request.tags[runs.RANGE_END], run_config,
                                            tags={"dagster/run_key": request.run_key})
         out["gates"] = {name: e.passed for name, e in runs.check_results(second).items()}
         check = runs.check_results(second).get("accuracy_gate")
@@ -168,11 +173,11 @@ def one_run(seed: int, args, work: Path) -> dict:
         out["after"] = recall_by_kind(v2.artifact_uri, unseen)
         out["challenger"] = v2.version
         if args.worse:
-            out["worse"] = worse_trials(settings, registry, second, args.worse)
+            out["worse"] = worse_trials(settings, registry, second, args.worse, settings.gates)
     return out
 
 
-def worse_trials(settings, registry, run, n: int) -> list[dict]:
+def worse_trials(settings, registry, run, n: int, gates) -> list[dict]:
     """Deliberately worse challengers against the active model: the run's own dataset with a share
     of the training labels flipped (by task), or its training cut short; each exported and judged
     by the same accuracy gate on the current holdout. Features are reused from the run's training."""
@@ -217,7 +222,7 @@ def worse_trials(settings, registry, run, n: int) -> list[dict]:
         export_onnx(result.model, onnx, trial_manifest.size, samples=trial_manifest.images("val")[:8])
         judged = judge_on_holdout(onnx, holdout, registry)
         val = evaluate_onnx(onnx, trial_manifest.images("val"), trial_manifest.labels("val"))
-        gate = accuracy_gate({"val": val, "holdout": judged.metrics}, judged.champion)
+        gate = accuracy_gate({"val": val, "holdout": judged.metrics}, judged.champion, gates)
         trials.append({"kind": kind, "value": value, "holdout_accuracy": round(judged.metrics["accuracy"], 4),
                        "change_vs_champion": round(judged.champion.overall.difference, 4) if judged.champion else None,
                        "accepted": gate.passed, "failed": sorted({f.check for f in gate.failures})})
@@ -242,6 +247,8 @@ def main(argv=None) -> int:
     parser.add_argument("--unseen", type=int, default=100, help="unseen photos per defect kind (and twice as many good)")
     parser.add_argument("--worse", type=int, default=10, help="deliberately worse challengers (first run only)")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke the code path: tiny trainings and lenient gates (figures mean nothing)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "loop.json"))
     args = parser.parse_args(argv)
 
@@ -262,7 +269,7 @@ def main(argv=None) -> int:
     done = [r for r in results if "after" in r]
     worse = [t for r in results for t in r.get("worse", [])]
     summary = {
-        "benchmark": "loop",
+        "benchmark": "loop" + (" (--quick smoke: lenient gates, figures mean nothing)" if args.quick else ""),
         "command": "python -m bench.loop " + " ".join(argv if argv is not None else sys.argv[1:]),
         "runs": len(results),
         "swapped": sum(1 for r in results if r.get("swapped")),
