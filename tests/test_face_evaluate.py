@@ -3,8 +3,8 @@ figures on the simulator's SYNTHETIC faces before any fine-tuning (issue 12, ite
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
+from fixtures import needs
 from gymops.face import assets
 from gymops.face.evaluate import pair_scores, threshold_at_far, verification_at_far
 from gymops.settings import Settings
@@ -31,7 +31,7 @@ def test_pair_scores_split_genuine_from_impostor():
     assert len(genuine) == 1 and len(impostor) == 5
 
 
-@pytest.mark.skipif(not (ASSETS / "face-api" / assets.WEIGHTS_FILE).is_file(),
+@needs((ASSETS / "face-api" / assets.WEIGHTS_FILE).is_file(),
                     reason=f"face weights absent: {assets.BOOTSTRAP_HINT}")
 def test_pretrained_model_on_synthetic_faces_before_fine_tuning():
     """SYNTHETIC faces, pretrained model, no fine-tuning: 60 identities x 3 photos (180 genuine pairs,

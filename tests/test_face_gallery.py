@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fixtures import needs
 from gymops.db import engine_for
 from gymops.face import assets
 from gymops.face.gallery import Enrolment, GalleryIndex, GalleryStore
@@ -131,7 +132,7 @@ def test_matcher_compares_only_within_the_probes_version():
     assert matcher.cross_version == 0 and set(matcher.comparisons) == {"1.0.0", "2.0.0"}
 
 
-@pytest.mark.skipif(not (ASSETS / "face-api" / assets.WEIGHTS_FILE).is_file(),
+@needs((ASSETS / "face-api" / assets.WEIGHTS_FILE).is_file(),
                     reason=f"face weights absent: {assets.BOOTSTRAP_HINT}")
 def test_version_folder_verify_and_identify_on_synthetic_faces(tmp_path):
     """The pretrained model, written as a face version folder, run as Triton's model.py would

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from fixtures import needs, skip_or_fail
 from gymops.face import assets
 from gymops.face import model as fm
 from gymops.face.chips import REFERENCE_CHIPS, cut_chip
@@ -19,7 +20,7 @@ from gymops.settings import Settings
 
 ASSETS = Settings().face.assets_dir
 HAVE_WEIGHTS = (ASSETS / "face-api" / assets.WEIGHTS_FILE).is_file()
-needs_weights = pytest.mark.skipif(not HAVE_WEIGHTS, reason=f"face weights absent from {ASSETS}: {assets.BOOTSTRAP_HINT}")
+needs_weights = needs(HAVE_WEIGHTS, reason=f"face weights absent from {ASSETS}: {assets.BOOTSTRAP_HINT}")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_manifest_dequantizes_to_dlibs_117_tensors(model):
 def _real_chips():
     photos = assets.photos_dir(ASSETS)
     if not (photos / "obama.jpg").is_file():
-        pytest.skip(f"real face photos absent from {photos}: {assets.BOOTSTRAP_HINT}")
+        skip_or_fail(f"real face photos absent from {photos}: {assets.BOOTSTRAP_HINT}")
     from PIL import Image
 
     names = list(REFERENCE_CHIPS)
@@ -78,7 +79,7 @@ def test_port_matches_dlib_itself(model):
     (the rest is face-api's 8-bit quantization)."""
     d = assets.dlib_dir(ASSETS)
     if not (d / assets.DLIB_DESCRIPTOR).is_file() or not (d / "site" / "dlib").is_dir():
-        pytest.skip(f"dlib check files absent from {d}: python -m gymops.face.assets --dlib")
+        skip_or_fail(f"dlib check files absent from {d}: python -m gymops.face.assets --dlib")
     sys.path.insert(0, str(d / "site"))
     try:
         import dlib

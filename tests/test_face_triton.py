@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixtures import IN_CI, free_port
+from fixtures import IN_CI, free_port, skip_or_fail
 from gymops.face import assets
 from gymops.face.gallery import GalleryIndex
 from gymops.face.matching import FaceMatcher, LocalEmbedder, TritonEmbedder
@@ -36,7 +36,7 @@ def served(tmp_path_factory):
     from gymops.serving.server import TritonServer, TritonUnavailable, check_runnable
 
     if not (ASSETS / "face-api" / assets.WEIGHTS_FILE).is_file():
-        pytest.skip(f"face weights absent: {assets.BOOTSTRAP_HINT}")
+        skip_or_fail(f"face weights absent: {assets.BOOTSTRAP_HINT}")
     try:
         check_runnable()
         from gymops.serving.stubenv import ensure_stub_site
