@@ -13,7 +13,7 @@ import pytest
 from gymops.history import tables as history
 from gymops.ingest.broker import Publisher
 from gymops.processes import start, stop, wait_for
-from fixtures import task_event
+from fixtures import skip_or_fail, task_event
 
 pytestmark = pytest.mark.services
 
@@ -103,7 +103,7 @@ def _rabbitmqctl(*args):
 
 def test_broker_restart_mid_stream_loses_nothing(queue_settings, tmp_path):
     if not (shutil.which("rabbitmqctl") or shutil.os.path.exists("/usr/sbin/rabbitmqctl")):
-        pytest.skip("rabbitmqctl not found: cannot restart the broker")
+        skip_or_fail("rabbitmqctl not found: cannot restart the broker")
     settings = queue_settings
     bodies = events(settings, 2000)
     ids = {json.loads(b)["eventId"] for b in bodies}

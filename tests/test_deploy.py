@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from fixtures import IN_CI, free_port
+from fixtures import free_port, skip_or_fail
 from gymops.settings import DEPLOY_HEADER, PROJECT_ROOT
 from gymops.db import _engine, metadata
 from gymops.deploy.deployer import STEPS, CandidateRejected, DeployFailed, Deployer
@@ -34,7 +34,6 @@ from gymops.serving.client import LaundryClient
 from gymops.serving.control import ModelControl, write_version
 from gymops.serving.server import TritonServer, TritonUnavailable, _stub_shm_regions, check_runnable, pid_alive, \
     process_tree
-from gymops.settings import ServingSettings
 
 pytestmark = pytest.mark.slow
 MODEL = "laundry"
@@ -94,9 +93,7 @@ def _require_triton() -> None:
 
         ensure_stub_site()
     except (TritonUnavailable, RuntimeError) as exc:
-        if IN_CI:
-            pytest.fail(f"tritonserver must run in CI: {exc}")
-        pytest.skip(f"tritonserver cannot run on this machine: {exc}")
+        skip_or_fail(f"tritonserver cannot run on this machine: {exc}")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixtures import IN_CI, free_port, skip_or_fail
+from fixtures import free_port, skip_or_fail
 from gymops.face import assets
 from gymops.face.gallery import GalleryIndex
 from gymops.face.matching import FaceMatcher, LocalEmbedder, TritonEmbedder
@@ -43,9 +43,7 @@ def served(tmp_path_factory):
 
         ensure_stub_site()
     except (TritonUnavailable, RuntimeError) as exc:
-        if IN_CI:
-            pytest.fail(f"tritonserver must run in CI: {exc}")
-        pytest.skip(f"tritonserver cannot run on this machine: {exc}")
+        skip_or_fail(f"tritonserver cannot run on this machine: {exc}")
     import torch
 
     from gymops.face.model import load_pretrained

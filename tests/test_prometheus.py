@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from fixtures import IN_CI, free_port
+from fixtures import free_port, skip_or_fail
 from gymops.lifecycle.outbox import MODEL_ROLLED_BACK
 from gymops.serving.prometheus import PrometheusServer, TierCollector, prometheus_binary, serve_tier_metrics
 from gymops.serving.signals import PrometheusSource, figures_of
@@ -27,9 +27,7 @@ pytestmark = pytest.mark.slow
 def prometheus_bin():
     if prometheus_binary() is None:
         message = "prometheus is not installed (apt-get install -y prometheus; .ci/run does it)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(message)
 
 
 def _scraped(prom: PrometheusServer, query: str, timeout: float = 20.0) -> list:

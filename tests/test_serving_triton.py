@@ -20,14 +20,13 @@ import pytest
 import requests
 from PIL import Image
 
-from fixtures import IN_CI, free_port
+from fixtures import free_port, skip_or_fail
 from gymops.settings import Settings
 from gymops.settings import DEPLOY_HEADER, PROJECT_ROOT
 from gymops.ml.preprocess import preprocess
 from gymops.serving.client import ClassifyError, InvalidPhoto, LaundryClient
 from gymops.serving.control import AccessRefused, LoadFailed, ModelControl, template_config, write_version
 from gymops.serving.server import TritonServer, TritonUnavailable, check_runnable, pid_alive, process_tree
-from gymops.settings import ServingSettings
 
 # Stub processes per loaded version: the template's instance count.
 INSTANCES = sum(int(g.get("count", 1)) for g in template_config(PROJECT_ROOT / "triton_models", "laundry")["instance_group"])
@@ -45,9 +44,7 @@ def _require_triton() -> None:
 
         ensure_stub_site()
     except (TritonUnavailable, RuntimeError) as exc:
-        if IN_CI:
-            pytest.fail(f"tritonserver must run in CI: {exc}")
-        pytest.skip(f"tritonserver cannot run on this machine: {exc}")
+        skip_or_fail(f"tritonserver cannot run on this machine: {exc}")
 
 
 # ------------------------------------------------------------------------------------------------

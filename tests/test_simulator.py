@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixtures import IN_CI
+from fixtures import skip_or_fail
 from gymops.settings import Settings
 from gymops.ingest.events import DEFECTIVE, GOOD, parse_event
 from gymops.storage.photos import LocalPhotoStore
@@ -28,9 +28,7 @@ def _dataset():
     try:
         garments.load_garments()
     except garments.DatasetMissing as exc:
-        if IN_CI:
-            pytest.fail(f"{exc} (CI must run the simulator tests)")
-        pytest.skip(str(exc))
+        skip_or_fail(str(exc))
 
 
 def run(tmp_path, name: str, cfg: TrafficConfig = CFG, **kw) -> tuple[LocalPhotoStore, list[dict]]:
