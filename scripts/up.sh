@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make up` / `make down`: the long-running parts for interactive use, stopped by PID.
-#   embedded: Dagster UI (with the project loaded) + the HTTP ingestion endpoint
-#   services: the same + the RabbitMQ consumer + the S3-compatible photo server
+#   embedded: Dagster UI (with the project loaded) + the HTTP ingestion endpoint + the canary watcher
+#   services: the same + the RabbitMQ consumer + the S3-compatible photo server + Prometheus
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -45,6 +45,8 @@ for k, v in load_settings().environment().items(): print(f"export {k}={shlex.quo
       launch consumer "$PY" -m gymops -v ingest consume
     fi
     launch ingest "$PY" -m gymops ingest serve
+    launch watcher "$PY" -m gymops serving watch  # canary watcher + the tier's metrics endpoint
+    [ "$PROFILE" = services ] && launch prometheus "$PY" -m gymops serving prometheus
     launch dagster .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p "$DAGSTER_PORT"
     echo "Dagster UI: http://127.0.0.1:$DAGSTER_PORT   ingestion: POST http://127.0.0.1:${GYMOPS_INGEST_PORT:-8088}/v1/events"
     echo "token: GYMOPS_INGEST_TOKEN or $HOME_DIR/ingest.token   stop with: make down"
@@ -53,10 +55,12 @@ for k, v in load_settings().environment().items(): print(f"export {k}={shlex.quo
     halt dagster INT
     halt ingest
     halt consumer
+    halt watcher
+    halt prometheus
     [ "$PROFILE" = services ] && $PY -m gymops s3 stop || true
     ;;
   status)
-    for name in dagster ingest consumer; do
+    for name in dagster ingest consumer watcher prometheus; do
       if running "$name"; then echo "$name: running (pid $(cat "$RUN/$name.pid"))"; else echo "$name: stopped"; fi
     done
     ;;

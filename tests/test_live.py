@@ -169,3 +169,39 @@ def test_gymops_serving_watch_serves_the_tier_metrics_while_it_runs(tmp_path, ca
     assert f"tier metrics on http://127.0.0.1:{port}/metrics" in capsys.readouterr().out
     with pytest.raises(OSError):  # shut down with the watcher
         _scrape(port)
+
+
+def test_gymops_serving_prometheus_scrapes_triton_and_the_tier_and_stops_its_child(tmp_path):
+    import json
+    import threading
+    import time
+
+    from fixtures import IN_CI
+    from gymops.cli import build_parser
+    from gymops.serving.prometheus import prometheus_binary
+
+    if prometheus_binary() is None:
+        message = "prometheus is not installed (apt-get install -y prometheus; .ci/run does it)"
+        pytest.fail(message) if IN_CI else pytest.skip(message)
+    settings = Settings(profile="services", home=tmp_path / "home").replace(
+        delivery={"prometheus_port": free_port(), "metrics_port": free_port()},
+        serving={"metrics_port": free_port()})
+    args = build_parser().parse_args(["serving", "prometheus", "--seconds", "6"])
+    rc = {}
+    thread = threading.Thread(target=lambda: rc.setdefault("rc", args.handler(settings, args)), daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{settings.delivery.prometheus_port}"
+    jobs, deadline = set(), time.monotonic() + 30
+    while not jobs and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/api/v1/targets", timeout=2) as response:
+                body = json.loads(response.read().decode())
+            jobs = {t["labels"]["job"]: t["scrapeUrl"] for t in body["data"]["activeTargets"]}
+        except OSError:
+            time.sleep(0.3)
+    thread.join(40)
+    assert rc.get("rc") == 0 and not thread.is_alive()
+    assert jobs == {"triton": f"http://127.0.0.1:{settings.serving.metrics_port}/metrics",
+                    "gymops": f"http://127.0.0.1:{settings.delivery.metrics_port}/metrics"}
+    with pytest.raises(OSError):  # the child was stopped with the command
+        urllib.request.urlopen(f"{url}/-/ready", timeout=2)

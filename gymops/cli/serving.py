@@ -1,4 +1,5 @@
-"""`gymops serving {setup,start,stop,status,index,swap,unload,watch}`: the Triton server and the canary watcher.
+"""`gymops serving {setup,start,stop,status,index,swap,unload,watch,prometheus}`: the Triton server, the canary
+watcher and the services profile's Prometheus.
 
 start runs the server in the background (its own session) and records it under $GYMOPS_HOME/run
 (triton.pid, triton.json); stop and status find it there. Ports: GYMOPS_TRITON_HTTP_PORT,
@@ -176,6 +177,46 @@ def cmd_watch(settings, args) -> int:
     return 0
 
 
+def cmd_prometheus(settings, args) -> int:
+    """The services profile's Prometheus (gymops.serving.prometheus.PrometheusServer, the Debian
+    package's binary with a config written here): scrapes Triton's metrics endpoint (the model's
+    per-version counters) and the tier's (`gymops serving watch`, delivery.metrics_port) every
+    --scrape-interval, on delivery.prometheus_port, TSDB under $GYMOPS_HOME/prometheus. Runs in the
+    foreground until SIGINT/SIGTERM (or --seconds) and then stops its child by PID: the child has
+    its own session, so a signal to this process group alone would leave it running. The watcher
+    reads it when GYMOPS_DELIVERY_PROMETHEUS_URL points at it."""
+    import signal
+    import threading
+    import time
+
+    from gymops.serving.prometheus import PrometheusServer
+
+    ss, ds = settings.serving, settings.delivery
+    targets = {"triton": f"{ss.host}:{ss.metrics_port}", "gymops": f"{ss.host}:{ds.metrics_port}"}
+    server = PrometheusServer(settings.home / "prometheus", ds.prometheus_port, targets, args.scrape_interval,
+                              host=ss.host)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    deadline = None if args.seconds is None else time.monotonic() + args.seconds
+    try:
+        server.start()
+        print(f"prometheus on {server.url} (pid {server.proc.pid}) scraping {json.dumps(targets)} "
+              f"every {args.scrape_interval}", flush=True)
+        while server.proc.poll() is None and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.5)
+        if server.proc.poll() is not None:
+            print(f"prometheus exited with {server.proc.returncode}", file=sys.stderr)
+            return 1
+    except (FileNotFoundError, RuntimeError, TimeoutError) as exc:
+        print(f"serving prometheus failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
 def register(sub) -> None:
     group = add_group(sub, "serving", "the Triton server (explicit model control, PID file under $GYMOPS_HOME/run)")
     p = group.add_parser("setup", help="check the binary, install the stubs' numpy 1.x, prepare the backend directory")
@@ -208,3 +249,8 @@ def register(sub) -> None:
     p.add_argument("--metrics-port", type=int, default=None,
                    help="the tier's metrics endpoint (GYMOPS_DELIVERY_METRICS_PORT; 0: none)")
     p.set_defaults(handler=cmd_watch)
+    p = group.add_parser("prometheus", help="the services profile's Prometheus: scrapes Triton and the tier "
+                                            "(foreground; stops its child on SIGINT/SIGTERM)")
+    p.add_argument("--scrape-interval", default="1s")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until interrupted)")
+    p.set_defaults(handler=cmd_prometheus)
