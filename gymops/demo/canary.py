@@ -127,6 +127,10 @@ def run(settings, deployer, served, photos: list[bytes], timeout_s: float = 120.
     def on_look(look) -> None:
         board(look)
         if look.candidate != candidate.version:
+            # the canary ended without this watcher: another one (`make up` runs `gymops serving
+            # watch`) acted first -- the registry says how it ended
+            if started["t"] and registry.get(model_type, candidate.version).status not in ("candidate", "canary"):
+                done.set()
             return
         since = time.monotonic() - started["t"] if started["t"] else 0.0
         line = look.line()
@@ -174,6 +178,9 @@ def run(settings, deployer, served, photos: list[bytes], timeout_s: float = 120.
         say(f"   the watcher acted: {action.action} -- {action.reason}: {errors['errors']} errors in "
             f"{errors['requests']} canary requests (limit {errors['limit']:.3f}, exact binomial p = "
             f"{errors.get('p_value', float('nan')):.2g} < alpha {ds.alpha}); "
+            f"{result['detect_to_flip_s']} s from the candidate's first request to its last")
+    elif status not in ("candidate", "canary"):
+        say(f"   another watcher acted first (`make up`'s `gymops serving watch`): {candidate.version} is {status}; "
             f"{result['detect_to_flip_s']} s from the candidate's first request to its last")
     else:
         say(f"   the watcher did not act within {timeout_s:.0f} s (status {status})")
