@@ -176,13 +176,12 @@ def test_gymops_serving_prometheus_scrapes_triton_and_the_tier_and_stops_its_chi
     import threading
     import time
 
-    from fixtures import IN_CI
+    from fixtures import skip_or_fail
     from gymops.cli import build_parser
     from gymops.serving.prometheus import prometheus_binary
 
     if prometheus_binary() is None:
-        message = "prometheus is not installed (apt-get install -y prometheus; .ci/run does it)"
-        pytest.fail(message) if IN_CI else pytest.skip(message)
+        skip_or_fail("prometheus is not installed (apt-get install -y prometheus; .ci/run does it)")
     settings = Settings(profile="services", home=tmp_path / "home").replace(
         delivery={"prometheus_port": free_port(), "metrics_port": free_port()},
         serving={"metrics_port": free_port()})
