@@ -273,12 +273,16 @@ class Settings:
         return {k: v for k, v in env.items() if v != "" or k in _KEEP_EMPTY}
 
     def to_dict(self) -> dict[str, str]:
-        """JSON-friendly form (Dagster resources and reconstructable jobs carry it)."""
-        return {name: _format(value) for name, value in _flatten(self).items()}
+        """JSON-friendly form WITHOUT the secrets (SECRET_VARIABLES): Dagster shows resource fields
+        and stores a run's job arguments, so what travels there must be safe to show."""
+        return {name: _format(value) for name, value in _flatten(self).items() if name not in SECRET_VARIABLES}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, str]) -> "Settings":
-        return cls.from_env(values)
+        """The tree ``to_dict`` gave, with the secrets of the process it is rebuilt in: their
+        variables, else their files under GYMOPS_HOME (tokens), else the defaults."""
+        secrets_here = {k: os.environ[k] for k in SECRET_VARIABLES if os.environ.get(k)}
+        return cls.from_env({**secrets_here, **{k: v for k, v in values.items() if k not in SECRET_VARIABLES}})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -376,6 +380,9 @@ _NAMES = {
 _PREFIX = {"gates": "GYMOPS_GATE_", "retrain": "GYMOPS_RETRAIN_", "partitions": "GYMOPS_PARTITIONS_",
            "serving": "GYMOPS_TRITON_", "delivery": "GYMOPS_DELIVERY_",
            "face": "GYMOPS_FACE_", None: "GYMOPS_"}
+# Credentials: never in to_dict() (see there); environment() keeps them for child processes.
+SECRET_VARIABLES = frozenset({"GYMOPS_PG_PASSWORD", "GYMOPS_S3_SECRET_KEY", "GYMOPS_INGEST_TOKEN", "GYMOPS_DEPLOY_TOKEN",
+                              "GYMOPS_DATABASE_URL", "GYMOPS_RABBITMQ_URL"})
 _KEEP_EMPTY = {"GYMOPS_PG_PASSWORD", "GYMOPS_DAGSTER_PG_URL"}
 # variable -> (lo, hi), inclusive
 _BOUNDS = {
