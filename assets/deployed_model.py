@@ -4,7 +4,7 @@ import pandas as pd
 from assets.candidate_model import CandidateModel
 from gymops.deploy.deployer import DeployFailed
 from gymops.lifecycle.registry import LAUNDRY
-from gymops.ml.dataset import Holdout
+from gymops.ml.holdout import Holdout
 from resources.pipeline import PipelineStore
 from resources.registry import RegistryResource
 from resources.triton import TritonResource

@@ -10,7 +10,9 @@ from gymops.history import confirmations
 from gymops.lifecycle.gates import holdout_target
 from gymops.lifecycle.registry import LAUNDRY
 from gymops.lifecycle.retraining import training_window
-from gymops.ml.dataset import DatasetManifest, Holdout, TaskRecord, build_dataset, dataset_id_for, fetch_photos
+from gymops.ml.dataset import DatasetManifest, build_dataset, dataset_id_for
+from gymops.ml.holdout import Holdout
+from gymops.ml.records import TaskRecord, fetch_photos
 from gymops.ml.preprocess import IMAGE_SIZE
 from resources.feast import FeastResource
 from resources.photos import PhotoStoreResource

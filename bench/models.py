@@ -85,7 +85,9 @@ def _build_one(number: int, semver: str, seed: int, tasks: int, folder: Path) ->
     import torch
 
     from bench.stages import records_from_traffic
-    from gymops.ml.dataset import Holdout, build_dataset, fetch_photos
+    from gymops.ml.dataset import build_dataset
+    from gymops.ml.holdout import Holdout
+    from gymops.ml.records import fetch_photos
     from gymops.ml.evaluate import evaluate_onnx
     from gymops.ml.export import export_onnx
     from gymops.ml.train import TrainConfig, train
@@ -169,7 +171,7 @@ def load_torch(version: ModelVersion):
 
     import torch
 
-    from gymops.ml.train import LaundryNet, TrainConfig, build_model
+    from gymops.ml.model import LaundryNet, TrainConfig, build_model
 
     saved = torch.load(version.torch_state, map_location="cpu", weights_only=False)
     known = {f.name for f in dataclasses.fields(TrainConfig)}

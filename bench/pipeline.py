@@ -148,7 +148,8 @@ def unseen_accuracy(onnx_path: str, n: int) -> dict:
 
 def gate_sample(pipeline_root: Path, dataset_id: str | None) -> dict | None:
     """Photos per class the accuracy gates read: validation and the frozen holdout."""
-    from gymops.ml.dataset import DatasetManifest, Holdout
+    from gymops.ml.dataset import DatasetManifest
+    from gymops.ml.holdout import Holdout
 
     holdout = Holdout.load(pipeline_root / "holdout", "laundry")
     folder = pipeline_root / "datasets" / str(dataset_id)

@@ -20,7 +20,7 @@ from gymops.ingest.events import TaskConfirmedEvent, parse_event
 
 def records_from_traffic(store, tasks: int, seed: int = 0, defective_fraction: float = 0.3):
     """TaskRecords of ``tasks`` simulated TaskConfirmedEvents (photos written to ``store``)."""
-    from gymops.ml.dataset import TaskRecord
+    from gymops.ml.records import TaskRecord
     from gymops.simulator.traffic import TrafficConfig, generate
 
     cfg = TrafficConfig(seed=seed, tasks=tasks, members=0, entries=0, defective_fraction=defective_fraction)
@@ -34,7 +34,9 @@ def records_from_traffic(store, tasks: int, seed: int = 0, defective_fraction: f
 
 
 def run(tasks: int, seed: int, work: Path, copies: int = 5, **train_overrides) -> dict:
-    from gymops.ml.dataset import Holdout, build_dataset, fetch_photos
+    from gymops.ml.dataset import build_dataset
+    from gymops.ml.holdout import Holdout
+    from gymops.ml.records import fetch_photos
     from gymops.ml.evaluate import evaluate_onnx
     from gymops.ml.export import export_onnx
     from gymops.ml.train import TrainConfig, train

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from bench.canary import Clients as BenchClients
 from bench.canary import tiny_onnx
+from fixtures import Clients, FAST, MODEL, PHOTOS, status, watch_until, watcher_for
 from gymops.deploy.canary import route_folders
 from gymops.deploy.folders import version_meta
 from gymops.lifecycle.outbox import MODEL_ROLLED_BACK
@@ -23,51 +23,14 @@ from gymops.serving.client import LaundryClient
 from gymops.serving.control import ROUTE_BASE, write_version
 from gymops.serving.signals import DirectSource, figures_of
 from gymops.serving.watcher import Watcher
-from gymops.settings import DeliverySettings
-from test_deploy import GOLDEN, MODEL, Env, _require_triton, models, photo  # noqa: F401 -- fixture
 
 pytestmark = pytest.mark.slow
-PHOTOS = [photo(100 + i, "JPEG" if i % 2 else "PNG") for i in range(24)]
-FAST = DeliverySettings(min_requests=10, promote_requests=40, promote_verdicts=0, promote_minutes=0.0,
-                        watch_interval_s=0.25, canary_fraction=0.3)
 
 
 @pytest.fixture
-def env(tmp_path, models):  # noqa: F811
-    _require_triton()
-    e = Env(tmp_path, models)
-    try:
-        v1 = e.candidate(1)
-        e.deployer.deploy("laundry", v1.version, GOLDEN)
-        e.v1 = v1
-        yield e
-    finally:
-        e.close()
-
-
-def Clients(url: str, n: int = 4) -> BenchClients:
-    """bench.canary's client threads over PHOTOS (answers by version, failures by the version named)."""
-    return BenchClients(url, PHOTOS, n)
-
-
-def watch_until(watcher: Watcher, done, timeout: float = 60.0) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        watcher.look()
-        if done():
-            return time.monotonic() - started
-        time.sleep(watcher.ds.watch_interval_s)
-    raise AssertionError(f"watcher did not act in {timeout} s: {[l.line() for l in watcher.looks[-3:]]}")
-
-
-def watcher_for(env, ds=FAST, verdicts=None) -> Watcher:
-    return Watcher(env.deployer, ds, DirectSource(env.server.metrics_url), verdicts)
-
-
-def status(env, version: str) -> str:
-    return env.registry.get("laundry", version).status
-
-
+def env(canary_env):
+    """conftest's canary_env: a deployment serving version 1."""
+    return canary_env
 # ------------------------------------------------------------------------------------------------
 
 def test_canary_routes_by_fraction_and_a_good_candidate_is_promoted(env):

@@ -7,13 +7,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fixtures import PHOTOS
 from gymops.demo.canary import faulty_copy, run
 from gymops.serving.live import board_path, read_board
 from gymops.settings import Settings
-from test_canary import PHOTOS, env  # noqa: F401 -- fixture
-from test_deploy import models  # noqa: F401 -- fixture
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def env(canary_env):
+    """conftest's canary_env: a deployment serving version 1."""
+    return canary_env
 
 
 def test_faulty_copy_is_finite_on_zeros_and_nan_on_a_photo(env, tmp_path):

@@ -9,224 +9,27 @@ Skipped (with the reason) only when the binary cannot run here; under CI=true th
 """
 from __future__ import annotations
 
-import io
-import os
 import shutil
-import signal
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
-from PIL import Image
 
-from fixtures import free_port, skip_or_fail
-from gymops.settings import DEPLOY_HEADER, PROJECT_ROOT
-from gymops.db import _engine, metadata
-from gymops.deploy.deployer import STEPS, CandidateRejected, DeployFailed, Deployer
+from fixtures import GOLDEN, MODEL, Crash, Traffic
+from gymops.deploy.deployer import STEPS, CandidateRejected, DeployFailed
 from gymops.deploy.steps import Step, StepFailed, run_steps
-from gymops.lifecycle.outbox import (MODEL_DEPLOYED, MODEL_ROLLED_BACK, MODEL_VERIFICATION_FAILED, Outbox,
-                           outbox as outbox_table)
-from gymops.lifecycle.registry import ModelRegistry
+from gymops.lifecycle.outbox import MODEL_DEPLOYED, MODEL_ROLLED_BACK, MODEL_VERIFICATION_FAILED
 from gymops.serving.client import LaundryClient
-from gymops.serving.control import ModelControl, write_version
-from gymops.serving.server import TritonServer, TritonUnavailable, _stub_shm_regions, check_runnable, pid_alive, \
-    process_tree
+from gymops.serving.control import write_version
 
 pytestmark = pytest.mark.slow
-MODEL = "laundry"
-TOKEN = "test-deploy-token-deploy-0123456789"
-
-
-# ------------------------------------------------------------------------------------------------
-# Models, photos
-
-def tiny_onnx(path: Path, seed: int, nan: bool = False) -> Path:
-    """Channel means -> linear -> softmax. nan=True adds sqrt(-sum|means|): 0 for the all-zero
-    warm-up input of model.py, NaN for any real photo."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    w = numpy_helper.from_array(rng.normal(0, 3, (3, 2)).astype(np.float32), "w")
-    b = numpy_helper.from_array(rng.normal(0, 0.5, (2,)).astype(np.float32), "b")
-    nodes = [helper.make_node("ReduceMean", ["image"], ["m"], axes=[2, 3], keepdims=0),
-             helper.make_node("MatMul", ["m", "w"], ["z"]),
-             helper.make_node("Add", ["z", "b"], ["logits"])]
-    if nan:
-        nodes += [helper.make_node("Abs", ["m"], ["a"]),
-                  helper.make_node("ReduceSum", ["a"], ["s"], keepdims=1),
-                  helper.make_node("Neg", ["s"], ["ns"]),
-                  helper.make_node("Sqrt", ["ns"], ["r"]),
-                  helper.make_node("Add", ["logits", "r"], ["logits2"])]
-    nodes.append(helper.make_node("Softmax", ["logits2" if nan else "logits"], ["probabilities"], axis=1))
-    graph = helper.make_graph(
-        nodes, f"tiny{seed}", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, 224, 224])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 2])], initializer=[w, b])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
-def photo(seed: int, fmt: str = "JPEG") -> bytes:
-    rng = np.random.default_rng(seed)
-    h, w = 96, 128
-    yy, xx = np.mgrid[0:h, 0:w]
-    tint = rng.integers(0, 256, 3)
-    base = np.stack([xx * 255 // w, yy * 255 // h, np.full_like(xx, 128)], axis=-1) * 0.4 + tint * 0.6
-    img = np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
-    return buf.getvalue()
-
-
-GOLDEN = [photo(i, "JPEG" if i % 2 else "PNG") for i in range(6)]
-
-
-def _require_triton() -> None:
-    try:
-        check_runnable()
-        from gymops.serving.stubenv import ensure_stub_site
-
-        ensure_stub_site()
-    except (TritonUnavailable, RuntimeError) as exc:
-        skip_or_fail(f"tritonserver cannot run on this machine: {exc}")
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    out = {seed: tiny_onnx(root / f"m{seed}.onnx", seed) for seed in range(1, 16)}
-    out["nan"] = tiny_onnx(root / "nan.onnx", 99, nan=True)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------
-# A deployment: repository, registry, server
-
-class Env:
-    def __init__(self, root: Path, models: dict):
-        self.root, self.models = root, models
-        self.repo = root / "repo"
-        (self.repo / MODEL).mkdir(parents=True)
-        for name in ("config.pbtxt", "model.py"):
-            shutil.copyfile(PROJECT_ROOT / "triton_models" / MODEL / name, self.repo / MODEL / name)
-        self.archive = root / "archive"
-        self.engine = _engine(f"sqlite:///{root / 'registry.db'}")
-        metadata.create_all(self.engine)
-        self.outbox = Outbox(self.engine)
-        self.registry = ModelRegistry(self.engine, self.outbox)
-        self.server = self.control = self.deployer = None
-        self.start()
-
-    def start(self) -> None:
-        self.server = TritonServer(self.repo, home=self.root / "home", deploy_token=TOKEN, deploy_header=DEPLOY_HEADER,
-                                   http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()).start()
-        self.control = ModelControl.for_server(self.server)
-        self.deployer = Deployer(self.registry, self.control, self.repo, MODEL, archive_dir=self.archive)
-
-    def kill(self) -> None:
-        """SIGKILL the server (its stubs exit when their parent is gone); clean its shared memory."""
-        pid = self.server.pid
-        tree = process_tree(pid)
-        regions = _stub_shm_regions(tree)
-        os.kill(pid, signal.SIGKILL)
-        self.server.proc.wait(10)
-        deadline = time.monotonic() + 10
-        while any(pid_alive(p) for p in tree[1:]) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for p in tree[1:]:
-            if pid_alive(p):
-                os.kill(p, signal.SIGKILL)
-        for name in regions:
-            Path("/dev/shm", name).unlink(missing_ok=True)
-
-    def restart(self) -> None:
-        if self.server.running():
-            self.kill()
-        self.control.close()
-        self.start()
-
-    def close(self) -> None:
-        self.control.close()
-        self.server.stop()
-        self.engine.dispose()
-
-    # -- helpers --------------------------------------------------------------------------------
-    def candidate(self, seed, **kw):
-        return self.registry.register_candidate("laundry", "tiny", {"val": {"accuracy": 0.95}}, f"DS-{seed}",
-                                                f"run-{seed}", str(self.models[seed]), **kw)
-
-    def served(self, photos=GOLDEN[:1]) -> str:
-        with LaundryClient(self.server.grpc_url, retries=0) as client:
-            return client.classify_batch(photos)[0].model_version
-
-    def events(self, event_type: str) -> list[dict]:
-        with self.engine.connect() as conn:
-            return [r.payload for r in conn.execute(sa.select(outbox_table.c.payload)
-                                                    .where(outbox_table.c.event_type == event_type)
-                                                    .order_by(outbox_table.c.id))]
-
-    def assert_clean(self) -> None:
-        report = self.deployer.consistency("laundry")
-        assert report.ok, report.problems
-        active = self.registry.active("laundry")
-        assert self.control.served_versions(MODEL) == [active.triton_version]
-        assert self.served() == active.version
-        assert not (self.repo / f"{MODEL}_staging").exists()
 
 
 @pytest.fixture
-def env(tmp_path, models):
-    _require_triton()
-    e = Env(tmp_path, models)
-    try:
-        yield e
-    finally:
-        e.close()
-
-
-class Traffic:
-    """A client thread (gRPC, no retries) sending golden photos back to back."""
-
-    def __init__(self, url: str):
-        self.url = url
-        self.records: list[tuple[float, float, str]] = []  # (sent, answered, version or ERROR ...)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with LaundryClient(self.url, retries=0, timeout=30) as client:
-            i = 0
-            while not self._stop.is_set():
-                sent = time.monotonic()
-                try:
-                    outcome = client.classify(GOLDEN[i % len(GOLDEN)]).model_version
-                except Exception as exc:  # noqa: BLE001 -- every failure is counted and fails the test
-                    outcome = f"ERROR {exc}"
-                self.records.append((sent, time.monotonic(), outcome))
-                i += 1
-
-    def __enter__(self) -> "Traffic":
-        self._thread.start()
-        time.sleep(0.2)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        time.sleep(0.2)
-        self._stop.set()
-        self._thread.join(30)
-
-    @property
-    def errors(self) -> list:
-        return [r for r in self.records if r[2].startswith("ERROR")]
-
-
-class Crash(BaseException):
-    """The deploying process dies (not an Exception: no cleanup runs, like a SIGKILL)."""
+def env(deploy_env):
+    """conftest's deploy_env: a fresh deployment, nothing served yet."""
+    return deploy_env
 
 
 # ------------------------------------------------------------------------------------------------

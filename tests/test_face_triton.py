@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixtures import free_port, skip_or_fail
+from fixtures import free_port, require_triton, skip_or_fail
 from gymops.face import assets
 from gymops.face.gallery import GalleryIndex
 from gymops.face.matching import FaceMatcher, LocalEmbedder, TritonEmbedder
@@ -21,7 +21,7 @@ from gymops.simulator.faces import face_photo
 
 pytestmark = pytest.mark.slow
 ASSETS = Settings().face.assets_dir
-TOKEN = "test-deploy-token-face-0123456789"
+DEPLOY_TOKEN = "test-deploy-token-face-0123456789"
 
 
 def _photo(user: str, seed: int) -> bytes:
@@ -33,17 +33,11 @@ def _photo(user: str, seed: int) -> bytes:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     from gymops.serving.control import ModelControl
-    from gymops.serving.server import TritonServer, TritonUnavailable, check_runnable
+    from gymops.serving.server import TritonServer
 
     if not (ASSETS / "face-api" / assets.WEIGHTS_FILE).is_file():
         skip_or_fail(f"face weights absent: {assets.BOOTSTRAP_HINT}")
-    try:
-        check_runnable()
-        from gymops.serving.stubenv import ensure_stub_site
-
-        ensure_stub_site()
-    except (TritonUnavailable, RuntimeError) as exc:
-        skip_or_fail(f"tritonserver cannot run on this machine: {exc}")
+    require_triton()
     import torch
 
     from gymops.face.model import load_pretrained
@@ -60,7 +54,7 @@ def served(tmp_path_factory):
         model.fc.weight.add_(torch.randn_like(model.fc.weight) * 0.02, alpha=1.0)
     write_face_version(repo, 2, model, "1.1.0", threshold=0.96)
     ss = Settings(home=root / "home").serving.replace(
-        repository=repo, deploy_token=TOKEN, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+        repository=repo, deploy_token=DEPLOY_TOKEN, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     server = TritonServer.from_settings(ss).start()
     control = ModelControl.for_server(server)
     try:

@@ -6,9 +6,9 @@ import pytest
 
 from bench.stages import records_from_traffic
 from gymops.lifecycle.gates import accuracy_gate
-from gymops.ml.dataset import Holdout, fetch_photos
+from gymops.ml.holdout import Holdout
+from gymops.ml.records import fetch_photos
 from gymops.storage.photos import LocalPhotoStore
-from test_verification import tiny_onnx  # noqa: F401 - the fixture
 
 
 @pytest.fixture(scope="module")
@@ -30,22 +30,22 @@ def registry(tmp_path):
     return ModelRegistry(sa.create_engine(f"sqlite:///{tmp_path / 'registry.db'}"))
 
 
-def test_without_an_active_model_only_the_candidate_is_scored(versions, tiny_onnx):
+def test_without_an_active_model_only_the_candidate_is_scored(versions, tiny_classifier_onnx):
     from gymops.ml.evaluate import judge_on_holdout
 
     _, v2 = versions
-    judged = judge_on_holdout(tiny_onnx, v2, None)
+    judged = judge_on_holdout(tiny_classifier_onnx, v2, None)
     assert judged.champion is None and judged.metrics["holdout_version"] == 2 and judged.metrics["n"] == len(v2)
 
 
-def test_champion_and_challenger_on_the_same_photos_with_the_newest_slice(versions, tiny_onnx, registry):
+def test_champion_and_challenger_on_the_same_photos_with_the_newest_slice(versions, tiny_classifier_onnx, registry):
     from gymops.ml.evaluate import judge_on_holdout
 
     v1, v2 = versions
     champion = registry.register_candidate("laundry", "tiny", {"holdout_version": 1, "holdout": {"accuracy": 0.5}},
-                                           "ds", "run", str(tiny_onnx))
+                                           "ds", "run", str(tiny_classifier_onnx))
     registry.activate("laundry", champion.version)
-    judged = judge_on_holdout(tiny_onnx, v2, registry)  # the same weights: every photo concordant
+    judged = judge_on_holdout(tiny_classifier_onnx, v2, registry)  # the same weights: every photo concordant
     added = sum(1 for v in v2.added_in if v == 2)
     assert added > 0 and judged.champion.champion_version == champion.version and judged.champion.holdout_version == 2
     assert judged.champion.overall.n == len(v2) and judged.champion.newest.n == added
@@ -60,10 +60,10 @@ def test_champion_and_challenger_on_the_same_photos_with_the_newest_slice(versio
     assert not any(f.check.startswith("better_than_champion") for f in gate.failures)
 
 
-def test_a_champion_trained_against_the_current_version_has_no_newest_slice(versions, tiny_onnx, registry):
+def test_a_champion_trained_against_the_current_version_has_no_newest_slice(versions, tiny_classifier_onnx, registry):
     from gymops.ml.evaluate import judge_on_holdout
 
     _, v2 = versions
-    champion = registry.register_candidate("laundry", "tiny", {"holdout_version": 2}, "ds", "run", str(tiny_onnx))
+    champion = registry.register_candidate("laundry", "tiny", {"holdout_version": 2}, "ds", "run", str(tiny_classifier_onnx))
     registry.activate("laundry", champion.version)
-    assert judge_on_holdout(tiny_onnx, v2, registry).champion.newest is None
+    assert judge_on_holdout(tiny_classifier_onnx, v2, registry).champion.newest is None

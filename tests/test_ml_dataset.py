@@ -9,9 +9,9 @@ import pytest
 
 from gymops.ingest.events import DEFECTIVE, GOOD
 from bench.stages import records_from_traffic
-from gymops.ml.dataset import (
-    DatasetManifest, Holdout, NotEnoughData, TaskRecord, build_dataset, fetch_photos,
-)
+from gymops.ml.dataset import DatasetManifest, build_dataset
+from gymops.ml.holdout import Holdout
+from gymops.ml.records import NotEnoughData, TaskRecord, fetch_photos
 from gymops.ml.preprocess import normalise, preprocess
 from gymops.storage.photos import LocalPhotoStore
 
@@ -119,7 +119,7 @@ def test_holdout_grows_in_versions_from_newly_confirmed_tasks_only(tmp_path, fet
     # nothing newer: the same version; the same candidates again: nothing is drawn twice
     assert v2.grow(old + new).version == 2
     # at the target only the fraction is set aside
-    from gymops.ml.dataset import count_per_class
+    from gymops.ml.holdout import count_per_class
     assert count_per_class(100, 200, 0.1, 134, 0.5) == 10 and count_per_class(100, 100, 0.1, 134, 0.5) == 34
     assert count_per_class(10, 0, 0.1, 134, 0.5) == 5 and count_per_class(3, 0, 0.0, 0, 0.5) == 0
 

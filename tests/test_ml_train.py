@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from bench.stages import records_from_traffic
-from gymops.ml.dataset import build_dataset, fetch_photos
+from gymops.ml.dataset import build_dataset
+from gymops.ml.records import fetch_photos
 from gymops.ml.evaluate import classification_metrics, evaluate_onnx, predict_onnx
 from gymops.ml.export import ExportMismatch, export_onnx
-from gymops.ml.train import DefectHead, TrainConfig, _class_weights, calibrate_threshold, train
+from gymops.ml.model import DefectHead, TrainConfig
+from gymops.ml.train import _class_weights, calibrate_threshold, train
 from gymops.storage.photos import LocalPhotoStore
 
 SIZE = 224

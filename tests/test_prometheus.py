@@ -11,16 +11,20 @@ import time
 import pytest
 import requests
 
-from fixtures import free_port, skip_or_fail
+from fixtures import Clients, FAST, free_port, skip_or_fail, status, watch_until
 from gymops.lifecycle.outbox import MODEL_ROLLED_BACK
 from gymops.serving.prometheus import PrometheusServer, TierCollector, prometheus_binary, serve_tier_metrics
 from gymops.serving.signals import PrometheusSource, figures_of
 from gymops.serving.watcher import Watcher
 from gymops.settings import Settings
-from test_canary import FAST, PHOTOS, Clients, env, status, watch_until  # noqa: F401 -- fixture
-from test_deploy import models  # noqa: F401 -- fixture
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def env(canary_env):
+    """conftest's canary_env: a deployment serving version 1."""
+    return canary_env
 
 
 @pytest.fixture

@@ -20,13 +20,13 @@ import pytest
 import requests
 from PIL import Image
 
-from fixtures import free_port, skip_or_fail
+from fixtures import free_port, require_triton
 from gymops.settings import Settings
 from gymops.settings import DEPLOY_HEADER, PROJECT_ROOT
 from gymops.ml.preprocess import preprocess
 from gymops.serving.client import ClassifyError, InvalidPhoto, LaundryClient
 from gymops.serving.control import AccessRefused, LoadFailed, ModelControl, template_config, write_version
-from gymops.serving.server import TritonServer, TritonUnavailable, check_runnable, pid_alive, process_tree
+from gymops.serving.server import TritonServer, pid_alive, process_tree
 
 # Stub processes per loaded version: the template's instance count.
 INSTANCES = sum(int(g.get("count", 1)) for g in template_config(PROJECT_ROOT / "triton_models", "laundry")["instance_group"])
@@ -35,16 +35,6 @@ pytestmark = pytest.mark.slow
 MODEL = "laundry"
 VERSIONS = {1: "1.0.0", 2: "1.1.0", 3: "1.2.0"}  # 3 is the broken one
 TOKEN = "test-deploy-token-0123456789"
-
-
-def _require_triton() -> None:
-    try:
-        check_runnable()
-        from gymops.serving.stubenv import ensure_stub_site
-
-        ensure_stub_site()
-    except (TritonUnavailable, RuntimeError) as exc:
-        skip_or_fail(f"tritonserver cannot run on this machine: {exc}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -78,7 +68,7 @@ def _photo(seed: int, fmt: str = "JPEG", size=(160, 120), mode="RGB") -> bytes:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     """A model repository with versions 1, 2 (tiny ONNX) and 3 (corrupt), and a running server."""
-    _require_triton()
+    require_triton()
     root = tmp_path_factory.mktemp("serving")
     repo = root / "repo"
     (repo / MODEL).mkdir(parents=True)

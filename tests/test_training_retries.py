@@ -12,7 +12,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
     from bench.stages import records_from_traffic
-    from gymops.ml.dataset import build_dataset, fetch_photos
+    from gymops.ml.dataset import build_dataset
+    from gymops.ml.records import fetch_photos
     from gymops.storage.photos import LocalPhotoStore
 
     work = tmp_path_factory.mktemp("retries")

@@ -278,34 +278,13 @@ def test_champion_comparison_is_paired_with_a_margin():
     assert reason["check"] == "better_than_champion.overall" and reason["threshold"] == -0.03
 
 
-@pytest.fixture(scope="module")
-def tiny_onnx(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = torch.nn.Conv2d(3, 16, 3, stride=2, padding=1)
-            self.conv2 = torch.nn.Conv2d(16, 32, 3, stride=2, padding=1)
-            self.head = torch.nn.Linear(32, 2)
-
-        def forward(self, x):
-            x = torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean(dim=(2, 3))
-            return torch.softmax(self.head(x), dim=1)
-
-    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    torch.manual_seed(0)
-    torch.onnx.export(Tiny().eval(), torch.randn(1, 3, 224, 224), str(path), dynamo=False,
-                      input_names=["input"], output_names=["probabilities"],
-                      dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}})
-    return path
 
 
 SAMPLES = np.random.default_rng(0).standard_normal((8, 3, 224, 224), dtype=np.float32)
 
 
-def test_performance_gate_measures_in_a_sandbox(tiny_onnx):
-    result = performance_gate(tiny_onnx, SAMPLES, GateSettings(), throughput_seconds=1.0)
+def test_performance_gate_measures_in_a_sandbox(tiny_classifier_onnx):
+    result = performance_gate(tiny_classifier_onnx, SAMPLES, GateSettings(), throughput_seconds=1.0)
     assert result.passed, result.failures
     f = result.figures
     print("perf figures:", json.dumps(f))
@@ -314,15 +293,15 @@ def test_performance_gate_measures_in_a_sandbox(tiny_onnx):
     assert f["throughput_rps"] > 50 and 20 < f["peak_memory_mb"] < 2048
 
 
-def test_performance_gate_fails_on_thresholds(tiny_onnx):
+def test_performance_gate_fails_on_thresholds(tiny_classifier_onnx):
     strict = GateSettings(latency_ms=0.0001, throughput_rps=1e9, memory_mb=1, perf_requests=50)
-    result = performance_gate(tiny_onnx, SAMPLES[:2], strict, throughput_seconds=0.2)
+    result = performance_gate(tiny_classifier_onnx, SAMPLES[:2], strict, throughput_seconds=0.2)
     assert failed_checks(result) == {"mean_latency_ms", "throughput_rps", "peak_memory_mb"}
     assert "exceeds 0.0001 ms" in next(f for f in result.failures if f.check == "mean_latency_ms").message
     assert failures_as_reasons([result])[0]["gate"] == "performance"
 
 
-def test_performance_gate_reports_a_model_that_cannot_load(tmp_path, tiny_onnx):
+def test_performance_gate_reports_a_model_that_cannot_load(tmp_path, tiny_classifier_onnx):
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not an onnx model")
     result = performance_gate(broken, SAMPLES[:1], GateSettings(perf_requests=10), throughput_seconds=0.1)
@@ -330,11 +309,11 @@ def test_performance_gate_reports_a_model_that_cannot_load(tmp_path, tiny_onnx):
     assert "cannot be loaded" in result.failures[0].message
     assert failed_checks(performance_gate(tmp_path / "absent.onnx", SAMPLES[:1])) == {"sandbox.load"}
     t0 = time.monotonic()
-    slow = performance_gate(tiny_onnx, SAMPLES[:1], GateSettings(perf_requests=10), throughput_seconds=60,
+    slow = performance_gate(tiny_classifier_onnx, SAMPLES[:1], GateSettings(perf_requests=10), throughput_seconds=60,
                             timeout_s=1.5)
     assert failed_checks(slow) == {"sandbox.timeout"} and "1.5 s" in slow.failures[0].message
     assert time.monotonic() - t0 < 10
     with pytest.raises(ValueError, match="float32"):
-        performance_gate(tiny_onnx, SAMPLES.astype(np.float64))
+        performance_gate(tiny_classifier_onnx, SAMPLES.astype(np.float64))
     with pytest.raises(ValueError, match=r"\(N, 3, 224, 224\)"):
-        performance_gate(tiny_onnx, SAMPLES[:, :, :100])
+        performance_gate(tiny_classifier_onnx, SAMPLES[:, :, :100])

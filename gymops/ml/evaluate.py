@@ -157,7 +157,7 @@ def confusion_md(confusion) -> str:
 # -- champion against challenger on the current holdout version -------------------------------------
 def current_holdout(holdout_dir: Path | str, model_type: str):
     """The newest version of the model type's holdout (it must have been frozen already)."""
-    from gymops.ml.dataset import Holdout
+    from gymops.ml.holdout import Holdout
 
     holdout = Holdout.load(holdout_dir, model_type)
     if holdout is None:
