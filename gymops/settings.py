@@ -335,11 +335,18 @@ def quiet_tools() -> None:
         os.environ.setdefault(key, value)
 
 
+# What Feast's feature_store.<profile>.yaml files expand (tests/test_settings.py checks the list).
+FEAST_VARIABLES = frozenset({"GYMOPS_FEAST_PROJECT", "GYMOPS_HOME", "GYMOPS_PG_HOST", "GYMOPS_PG_PORT", "GYMOPS_PG_USER",
+                             "GYMOPS_PG_PASSWORD", "GYMOPS_PG_DATABASE", "GYMOPS_REDIS_CONNECTION"})
+
+
 def export_environment(settings: Settings) -> None:
-    """Write these settings into this process's environment, for the tools that expand ${VAR}
-    from it (Feast's feature_store.<profile>.yaml); and keep those tools quiet. Importing feast
-    otherwise creates /tmp/feast_metrics_* and flips prometheus_client into multiprocess mode."""
-    os.environ.update(settings.environment())
+    """Write the variables Feast's feature_store.<profile>.yaml expands from this process's
+    environment (FEAST_VARIABLES, nothing else: another settings tree built in this process must not
+    pick up these settings' tokens), and keep the tools quiet. Importing feast otherwise creates
+    /tmp/feast_metrics_* and flips prometheus_client into multiprocess mode."""
+    env = settings.environment()
+    os.environ.update({k: env.get(k, "") for k in FEAST_VARIABLES})
     quiet_tools()
     metrics = settings.home / "run" / "prometheus"
     metrics.mkdir(parents=True, exist_ok=True)

@@ -135,3 +135,14 @@ def test_every_documented_setting_exists_and_every_setting_is_documented():
     assert documented - known == set(), "documented in the README but read nowhere"
     internal = {"GYMOPS_DEPLOY_HEADER", "GYMOPS_TRITON_HOST", "GYMOPS_REDIS_CONNECTION", "GYMOPS_DAGSTER_PG_URL"}
     assert known - internal - documented == set(), "read by gymops/settings.py but not in the README"
+
+
+def test_feast_sees_exactly_the_variables_its_config_expands():
+    import re
+
+    from gymops.settings import FEAST_VARIABLES
+
+    used = set()
+    for yaml in (PROJECT_ROOT / "feature_repo").glob("feature_store.*.yaml"):
+        used |= set(re.findall(r"\$\{(GYMOPS_[A-Z_]+)\}", yaml.read_text()))
+    assert used == FEAST_VARIABLES
