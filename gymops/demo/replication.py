@@ -103,5 +103,5 @@ def run(settings, args) -> int:
     print(f"   dead letters open: {len(letters)} (`gymops deadletters list` / `replay`):")
     for letter in letters[-4:]:
         print(f"      #{letter.id} {letter.field}: {letter.reason[:90]}")
-    print(f"\ndemo finished in {time.monotonic() - began:.0f} s; nothing left running")
+    print(f"\nreplication part finished in {time.monotonic() - began:.0f} s; its ingestion endpoint is stopped")
     return 0
