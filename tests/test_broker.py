@@ -110,20 +110,27 @@ def test_broker_restart_mid_stream_loses_nothing(queue_settings, tmp_path):
     log = tmp_path / "consume.log"
     proc = start(settings, "ingest", "consume", log=log)
     published = []
+    under_way = threading.Event()
 
     def publish():
+        # the first 600 go out at once; the rest wait until the consumer is under way and are
+        # then spread over ~14 s, so the broker restart lands while the publisher is still
+        # sending however slowly the consumer started (CI once stored 300 only after all 2,000
+        # had gone out)
         publisher = Publisher(settings, retry_for_s=120)
-        for body in bodies:
+        for i, body in enumerate(bodies):
+            if i == 600:
+                under_way.wait(120)
             publisher.publish(body)
             published.append(body)
-            time.sleep(0.003)
+            time.sleep(0.003 if i < 600 else 0.01)
         publisher.close()
 
     thread = threading.Thread(target=publish)
     thread.start()
     try:
-        # mid-stream: the consumer has stored some events and the publisher is still sending
         wait_for(lambda: len(stored(settings, ids)) >= 300, 90, "consumer under way", interval=0.05)
+        under_way.set()
         assert len(published) < len(bodies)
         _rabbitmqctl("stop_app")  # every connection drops, the durable queue stays on disk
         time.sleep(2)
