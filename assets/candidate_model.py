@@ -32,7 +32,8 @@ class CandidateModel:
 def candidate_model(context: dg.AssetExecutionContext, pipeline: PipelineStore, registry: RegistryResource,
                     training_dataset: DatasetManifest, trained_checkpoint: TrainedCheckpoint) -> CandidateModel:
     cfg = TrainConfig(**trained_checkpoint.config)
-    model = train(training_dataset, cfg, trained_checkpoint.ckpt_dir).model  # the finished training, reloaded
+    model = train(training_dataset, cfg, trained_checkpoint.ckpt_dir,
+                  feature_cache=pipeline.feature_cache()).model  # the finished training, reloaded
     onnx_path = pipeline.path("models", LAUNDRY, f"{training_dataset.dataset_id}-{cfg.fingerprint()}.onnx")
     val_x = training_dataset.images("val")
     diff = export_onnx(model, onnx_path, training_dataset.size, samples=val_x[:32])
@@ -47,7 +48,7 @@ def candidate_model(context: dg.AssetExecutionContext, pipeline: PipelineStore, 
         "onnx_max_abs_diff": diff,
     }
     version = registry.registry().register_candidate(
-        LAUNDRY, cfg.backbone, metrics, training_dataset.dataset_id, context.run_id, str(onnx_path))
+        LAUNDRY, cfg.backbone, metrics, training_dataset.dataset_id, context.run.run_id, str(onnx_path))
     h = metrics["holdout"]
     context.add_output_metadata({
         "version": version.version,

@@ -1,6 +1,6 @@
 """Every job of the code location, and launching them from Python (demo, benchmarks, tests).
 
-The jobs are made by ``build_jobs`` from the partitionings (their first days are settings); the
+The jobs are made by ``build_jobs`` (partitioned as their assets are); the
 launchers run the very jobs the sensor and the UI launch, in this process, against a given
 instance, as reconstructable jobs that carry the settings: ``assets.location.job_for`` rebuilds the
 code location from them in any process a step runs in.
@@ -21,11 +21,10 @@ def laundry_rollback():
     rollback_laundry()
 
 
-def build_jobs(confirmation_days: dg.PartitionsDefinition,
-               face_days: dg.PartitionsDefinition) -> dict[str, dg.JobDefinition | dg.UnresolvedAssetJobDefinition]:
-    """The code location's jobs, by name. ``confirmation_days`` is not a job partitioning: a laundry
-    training reads a range of days (RANGE_START/RANGE_END tags), its other assets are not partitioned."""
-    del confirmation_days  # the range is in the run's tags; kept in the signature beside face_days
+def build_jobs() -> dict[str, dg.JobDefinition | dg.UnresolvedAssetJobDefinition]:
+    """The code location's jobs, by name. A laundry training reads a range of confirmation days
+    (RANGE_START/RANGE_END tags), its other assets are not partitioned; face_nightly's partitioning
+    is its assets' (gym days)."""
     jobs = [
         dg.define_asset_job(
             "laundry_training", selection=dg.AssetSelection.assets(*LAUNDRY_ASSETS),
@@ -34,7 +33,7 @@ def build_jobs(confirmation_days: dg.PartitionsDefinition,
             "laundry_retrain", selection=dg.AssetSelection.assets(*LAUNDRY_ASSETS, "deployed_model"),
             description="The whole loop: retrain, gate, and hot-swap the new version into Triton."),
         laundry_rollback,
-        dg.define_asset_job("face_nightly", selection=["face_samples_daily"], partitions_def=face_days,
+        dg.define_asset_job("face_nightly", selection=["face_samples_daily"],
                             description="The nightly face batch (03:00 gym time)."),
     ]
     return {job.name: job for job in jobs}

@@ -35,7 +35,7 @@ from sensors.face_nightly import build_face_nightly_schedule
 def build_definitions(settings: Settings) -> dg.Definitions:
     days = confirmation_days(settings.partitions.start)
     gym_days = face_days(settings.partitions.face_start)
-    jobs = build_jobs(days, gym_days)
+    jobs = build_jobs()
     return dg.Definitions(
         assets=[replicated_history, build_corrected_tasks(days), training_dataset, trained_checkpoint,
                 candidate_model, deployed_model, build_face_samples_daily(gym_days), live_delivery],

@@ -60,7 +60,8 @@ def trained_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig
     ckpt_dir = pipeline.path("checkpoints", f"{training_dataset.dataset_id}-{cfg.fingerprint()}")
     context.log.info("attempt %d: lr %.2g, checkpoints in %s", retry + 1, cfg.lr, ckpt_dir)
     try:
-        result = train(training_dataset, cfg, ckpt_dir, progress=ProgressLog(context, "train"))
+        result = train(training_dataset, cfg, ckpt_dir, progress=ProgressLog(context, "train"),
+                       feature_cache=pipeline.feature_cache())
         why = why_not_learned(result.metrics, result.curves)
         if why:
             raise TrainingDiverged(why)
@@ -89,6 +90,10 @@ def trained_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig
         "lr": cfg.lr,
         "attempt": retry + 1,
         "resumed_from_epoch": result.resumed_from_epoch or 0,
+        "feature_cache_hits": int(result.timings.get("feature_cache_hits", 0)),
+        "feature_cache_misses": int(result.timings.get("feature_cache_misses", 0)),
+        "features_s": float(result.timings.get("features_s", 0.0)),
+        "train_s": float(result.timings.get("train_s", 0.0)),
         "threshold": result.threshold,
         "checkpoint": dg.MetadataValue.path(result.best_checkpoint),
     })

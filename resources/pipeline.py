@@ -15,6 +15,10 @@ class PipelineStore(dg.ConfigurableResource):
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
+    def feature_cache(self) -> Path:
+        """Trunk feature maps shared by every training (gymops.ml.feature_cache)."""
+        return self.path("features")
+
     def write_frame(self, frame: pd.DataFrame, *parts: str) -> Path:
         path = self.path(*parts)
         tmp = path.with_name(path.name + ".tmp")

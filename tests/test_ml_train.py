@@ -106,13 +106,27 @@ def test_resume_after_a_crash_continues(data, tmp_path):
     done_epochs = saved["epoch"]
     assert done_epochs == 2  # the last epoch completed before the crash, whether val_loss improved or not
     before = saved["curves"]
-    features = sorted(p.name for p in tmp_path.glob("features-*.npy"))
-    assert len(features) == 2 * len(cfg.resolved_layers())  # per layer and split: a resumed run skips them
+    packs = [p for p in (tmp_path / "features").glob("*/*") if (p / "digests.npy").exists()]
+    assert len(packs) == 2  # train and val, cached: a resumed run skips the trunk
     resumed = train(manifest, cfg, tmp_path)
     assert resumed.resumed_from_epoch == done_epochs
+    assert resumed.timings["feature_cache_misses"] == 0
     assert [r["epoch"] for r in resumed.curves] == list(range(7))  # continued, not restarted
     assert resumed.curves[:len(before)] == before
     assert resumed.timings["features_s"] < 2.0
+
+
+def test_a_second_training_reuses_the_first_ones_trunk_features(trained, data, tmp_path):
+    """A retraining on a grown window: only the new photos go through the trunk, and the result
+    equals a training that extracted everything itself (issue 13: tick-to-serving)."""
+    root, manifest = data
+    shared = tmp_path / "shared"
+    first = train(manifest, CFG, tmp_path / "a", feature_cache=shared)
+    assert first.timings["feature_cache_hits"] == 0 and first.timings["feature_cache_misses"] > 0
+    again = train(manifest, CFG, tmp_path / "b", feature_cache=shared)
+    assert again.timings["feature_cache_misses"] == 0
+    assert again.timings["feature_cache_hits"] == first.timings["feature_cache_misses"]
+    assert again.metrics == trained.metrics and again.curves == trained.curves
 
 
 def test_onnx_export_matches_pytorch(trained, data, tmp_path):
