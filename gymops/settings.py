@@ -127,6 +127,16 @@ class FaceSettings:
     """
     assets_dir: Path = Path(sys.prefix) / "share" / "gymops-face"
     model_name: str = "face"
+    # The nightly batch (gymops/face/nightly.py): ``window_days`` nights of samples train each night's
+    # candidate; the gate (gymops/face/gates.py) measures TAR at ``gate_far`` for both models on the
+    # same held-out pairs, each at its own threshold, and passes a candidate whose TAR trails the
+    # active version's by less than ``gate_margin`` (one-sided 95%, paired), with the mean latency per
+    # photo and the peak memory in the sandbox within ``gate_latency_ms`` and ``gate_memory_mb``.
+    window_days: int = 30
+    gate_far: float = 1e-3
+    gate_margin: float = 0.03
+    gate_latency_ms: float = 200.0
+    gate_memory_mb: float = 2048.0
 
     def replace(self, **changes) -> "FaceSettings":
         return dataclasses.replace(self, **changes)
@@ -417,6 +427,8 @@ _BOUNDS = {
     "GYMOPS_DELIVERY_MIX_MARGIN": (0.0, 1.0), "GYMOPS_DELIVERY_MIN_REQUESTS": (1, 1_000_000),
     "GYMOPS_DELIVERY_ALPHA": (1e-9, 0.5), "GYMOPS_DELIVERY_WATCH_INTERVAL_S": (0.05, 3600.0),
     "GYMOPS_DELIVERY_PROMETHEUS_PORT": (1, 65535), "GYMOPS_DELIVERY_METRICS_PORT": (1, 65535),
+    "GYMOPS_FACE_WINDOW_DAYS": (1, 36500), "GYMOPS_FACE_GATE_FAR": (1e-9, 0.5), "GYMOPS_FACE_GATE_MARGIN": (0.0, 0.99),
+    "GYMOPS_FACE_GATE_LATENCY_MS": (1e-9, math.inf), "GYMOPS_FACE_GATE_MEMORY_MB": (1e-9, math.inf),
 }
 
 

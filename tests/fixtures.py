@@ -321,3 +321,23 @@ def watcher_for(env, ds=FAST, verdicts=None) -> Watcher:
 
 def status(env, version: str) -> str:
     return env.registry.get("laundry", version).status
+
+
+# -- the face model served by Triton (tests/test_face_nightly.py, test_face_pipeline.py)
+def require_face_weights(assets_dir: Path) -> None:
+    """The pretrained face descriptor's weights (installed by scripts/bootstrap.sh), or skip_or_fail."""
+    from gymops.face import assets
+
+    if not (Path(assets_dir) / "face-api" / assets.WEIGHTS_FILE).is_file():
+        skip_or_fail(f"face weights absent from {assets_dir}: {assets.BOOTSTRAP_HINT}")
+
+
+def face_serving_settings(settings, root: Path, token: str = "test-deploy-token-face-0123456789"):
+    """``settings`` serving a model repository of its own under ``root`` (the face model's
+    config.pbtxt and model.py, no version yet) on free loopback ports, with a deploy token."""
+    repo = Path(root) / "repo"
+    (repo / "face").mkdir(parents=True, exist_ok=True)
+    for name in ("config.pbtxt", "model.py"):
+        shutil.copyfile(PROJECT_ROOT / "triton_models" / "face" / name, repo / "face" / name)
+    return settings.replace(serving={"repository": repo, "deploy_token": token, "http_port": free_port(),
+                                     "grpc_port": free_port(), "metrics_port": free_port()})

@@ -15,6 +15,12 @@ version has no gallery loaded raises GalleryNotReady instead of falling back to 
 the swap (item 5) loads the candidate's gallery before it flips the served model, so during a swap
 each request is matched within whichever version answered it. ``comparisons`` counts per version and
 ``cross_version`` stays 0 by construction (checked, not assumed: a mismatch raises).
+
+Another process's flip: the nightly batch (gymops.face.release, run by Dagster) flips Triton from its
+own process, so the Access service's matcher never saw the candidate's gallery being loaded. With a
+``loader`` (gymops.face.swap.gallery_loader) a probe of a version with no loaded gallery loads it
+from the database once, and only a COMPLETE one (ready, active or previous: the flip marks the
+candidate ready before Triton serves it); an incomplete or unknown version still raises.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -133,10 +139,13 @@ class TritonEmbedder:
 class FaceMatcher:
     """verify / identify against per-version galleries (see the module docstring)."""
 
-    def __init__(self, embedder: Embedder, indexes: dict[str, GalleryIndex] | None = None):
+    def __init__(self, embedder: Embedder, indexes: dict[str, GalleryIndex] | None = None,
+                 loader: Callable[[str], GalleryIndex | None] | None = None):
         self.embedder = embedder
         self._indexes: dict[str, GalleryIndex] = dict(indexes or {})
         self._lock = threading.Lock()
+        self.loader = loader
+        self._load_lock = threading.Lock()
         self.comparisons: Counter = Counter()
         self.cross_version = 0
 
@@ -153,6 +162,13 @@ class FaceMatcher:
 
     def index(self, version: str) -> GalleryIndex:
         index = self._indexes.get(version)
+        if index is None and self.loader is not None:
+            with self._load_lock:  # one load per version, however many probes arrive at once
+                index = self._indexes.get(version)
+                if index is None:
+                    index = self.loader(version)
+                    if index is not None:
+                        self.set_index(index)
         if index is None:
             raise GalleryNotReady(f"no gallery loaded for model version {version}")
         return index

@@ -260,6 +260,19 @@ class FaceGalleries:
         return back.model_version
 
 
+def gallery_loader(store: GalleryStore) -> Callable[[str], GalleryIndex | None]:
+    """For a matcher in a process that does not flip (the Access service: FaceMatcher(loader=...)):
+    a version's gallery from the database, or None unless it is complete (ready, active, previous)."""
+    def load(version: str) -> GalleryIndex | None:
+        with store.engine.connect() as conn:
+            row = conn.execute(sa.select(galleries).where(galleries.c.model_version == version)).first()
+        if row is None or row.state not in ("ready", "active", "previous"):
+            return None
+        return GalleryIndex.load(store, version, float(row.threshold))
+
+    return load
+
+
 def enrolment_from_event(event) -> Enrolment:
     """A gymops.ingest.events.UserCreatedEvent as a gallery enrolment."""
     return Enrolment(event.user_id, event.face_photo_url, event.timestamp, event.role, event.branch_id)
