@@ -59,10 +59,4 @@ def build_corrected_tasks(partitions_def: dg.PartitionsDefinition) -> dg.AssetsD
 
 def load_days(pipeline: PipelineStore, keys: list[str]) -> tuple[pd.DataFrame, list[str]]:
     """The materialised partitions among ``keys`` (and the keys that are missing)."""
-    frames, missing = [], []
-    for key in keys:
-        frame = pipeline.read_frame("corrected_tasks", f"{key}.parquet")
-        (missing.append(key) if frame is None else frames.append(frame))
-    frames = [f for f in frames if len(f)]
-    both = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=confirmations.COLUMNS)
-    return both, missing
+    return pipeline.read_partitions("corrected_tasks", keys, confirmations.COLUMNS)

@@ -10,15 +10,22 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.deployed_model import rollback_laundry
-from assets.partitions import RANGE_END, RANGE_START
+from assets.face_release import rollback_face
+from assets.partitions import PARTITION, RANGE_END, RANGE_START
 from gymops.settings import Settings
 
 LAUNDRY_ASSETS = ("corrected_tasks", "training_dataset", "trained_checkpoint", "candidate_model")
+FACE_ASSETS = ("face_samples_daily", "face_dataset", "face_checkpoint", "face_candidate", "face_deployed")
 
 
 @dg.job(description="Roll the laundry model back, with no failed request.")
 def laundry_rollback():
     rollback_laundry()
+
+
+@dg.job(description="Roll the face model back to the previous model-and-gallery pair, with no failed request.")
+def face_rollback():
+    rollback_face()
 
 
 def build_jobs() -> dict[str, dg.JobDefinition | dg.UnresolvedAssetJobDefinition]:
@@ -33,8 +40,12 @@ def build_jobs() -> dict[str, dg.JobDefinition | dg.UnresolvedAssetJobDefinition
             "laundry_retrain", selection=dg.AssetSelection.assets(*LAUNDRY_ASSETS, "deployed_model"),
             description="The whole loop: retrain, gate, and hot-swap the new version into Triton."),
         laundry_rollback,
-        dg.define_asset_job("face_nightly", selection=["face_samples_daily"],
-                            description="The nightly face batch (03:00 gym time)."),
+        dg.define_asset_job(
+            "face_nightly", selection=dg.AssetSelection.assets(*FACE_ASSETS),
+            description="The nightly face batch (03:00 gym time): the night's samples -> the window's dataset -> "
+                        "fine-tune -> gated candidate -> re-index and flip. A backfill of past nights is one run "
+                        "over the range."),
+        face_rollback,
     ]
     return {job.name: job for job in jobs}
 
@@ -61,6 +72,28 @@ def run_laundry_training(settings: Settings, instance, first_day: str, last_day:
     return dg.execute_job(job, instance=instance, run_config=run_config,
                           tags={RANGE_START: first_day, RANGE_END: last_day, **(tags or {})},
                           raise_on_error=raise_on_error)
+
+
+def face_run_config(dataset: dict | None = None, training: dict | None = None, in_process: bool = True) -> dict:
+    """Run config of face_nightly: FaceDatasetConfig and FaceTrainingConfig fields."""
+    config = {"ops": {"face_dataset": {"config": dict(dataset or {})},
+                      "face_checkpoint": {"config": dict(training or {})}}}
+    if in_process:
+        config["execution"] = {"config": {"in_process": {}}}
+    return config
+
+
+def run_face_nightly(settings: Settings, instance, first_night: str, last_night: str | None = None,
+                     run_config: dict | None = None, raise_on_error: bool = False, tags: dict | None = None):
+    """face_nightly for one gym night (the schedule's run) or, with ``last_night``, over the range
+    first..last (a backfill of past nights: one run, one training over the window ending last)."""
+    job = reconstructable_job("face_nightly", settings)
+    if last_night is None or last_night == first_night:
+        nights = {PARTITION: first_night}
+    else:
+        nights = {RANGE_START: first_night, RANGE_END: last_night}
+    return dg.execute_job(job, instance=instance, run_config=run_config or face_run_config(),
+                          tags={**nights, **(tags or {})}, raise_on_error=raise_on_error)
 
 
 # -- reading a finished run -----------------------------------------------------------------------

@@ -20,6 +20,8 @@ from assets.corrected_tasks import build_corrected_tasks
 from assets.delivery import live_delivery, live_delivery_sensor
 from assets.deployed_model import deployed_model
 from assets.face import build_face_samples_daily
+from assets.face_release import FACE_CHECKS, face_candidate, face_deployed
+from assets.face_training import face_checkpoint, face_dataset
 from assets.gates import GATES
 from assets.history import replicated_history
 from assets.jobs import build_jobs
@@ -38,8 +40,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     jobs = build_jobs()
     return dg.Definitions(
         assets=[replicated_history, build_corrected_tasks(days), training_dataset, trained_checkpoint,
-                candidate_model, deployed_model, build_face_samples_daily(gym_days), live_delivery],
-        asset_checks=GATES,
+                candidate_model, deployed_model, build_face_samples_daily(gym_days), face_dataset, face_checkpoint,
+                face_candidate, face_deployed, live_delivery],
+        asset_checks=GATES + FACE_CHECKS,
         jobs=list(jobs.values()),
         schedules=[build_face_nightly_schedule(jobs["face_nightly"])],
         sensors=[build_laundry_corrections_sensor(jobs["laundry_retrain"], days), live_delivery_sensor],

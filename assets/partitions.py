@@ -7,6 +7,7 @@ import dagster as dg
 GYM_TIMEZONE = "Asia/Seoul"
 # The tags of a single-run backfill / a run over a range of partitions (the sensor's, the launchers').
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+PARTITION = "dagster/partition"  # the tag of a run of one partition (the face schedule's runs)
 
 
 def confirmation_days(start: str) -> dg.DailyPartitionsDefinition:

@@ -4,6 +4,7 @@ ConfigurableResource with fields; ``build_resources(settings)`` makes the set on
 from __future__ import annotations
 
 from gymops.settings import Settings
+from resources.face import FaceResource
 from resources.feast import FeastResource
 from resources.photos import PhotoStoreResource
 from resources.pipeline import PipelineStore
@@ -22,8 +23,9 @@ def build_resources(settings: Settings) -> dict:
         "pipeline": PipelineStore(root=str(settings.pipeline_root)),
         "gates": GatesResource.from_settings(settings.gates),
         "retrain": RetrainResource.from_settings(settings.retrain),
+        "face": FaceResource.from_settings(settings),
     }
 
 
-__all__ = ["build_resources", "FeastResource", "PhotoStoreResource", "PipelineStore", "GatesResource",
+__all__ = ["build_resources", "FaceResource", "FeastResource", "PhotoStoreResource", "PipelineStore", "GatesResource",
            "RetrainResource", "RegistryResource", "TritonResource"]

@@ -29,3 +29,13 @@ class PipelineStore(dg.ConfigurableResource):
     def read_frame(self, *parts: str) -> pd.DataFrame | None:
         path = self.path(*parts)
         return pd.read_parquet(path) if path.exists() else None
+
+    def read_partitions(self, folder: str, keys: list[str], columns: list[str]) -> tuple[pd.DataFrame, list[str]]:
+        """The partition files <folder>/<key>.parquet among ``keys`` as one frame (``columns`` when
+        there are no rows), and the keys that have no file (not materialised)."""
+        frames, missing = [], []
+        for key in keys:
+            frame = self.read_frame(folder, f"{key}.parquet")
+            (missing.append(key) if frame is None else frames.append(frame))
+        frames = [f for f in frames if len(f)]
+        return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)), missing

@@ -155,21 +155,22 @@ def onnx_max_abs_diff(model, onnx_path: Path, photos: list[bytes]) -> float:
     return float(np.abs(got - want).max())
 
 
-def register(release: FaceRelease, model, ds: FaceDataset, result: FaceTrainResult, paths: FacePaths,
+def register(release: FaceRelease, model, ds: FaceDataset, training: dict, paths: FacePaths,
              run_id: str | None = None, max_abs_diff: float = 1e-4) -> ModelVersion:
-    """Export and register the candidate; a re-run registers the same file, so it keeps its version."""
+    """Export and register the candidate (``training``: its FaceTrainResult.summary()); a re-run
+    registers the same file, so it keeps its version."""
     from gymops.face.model import export_onnx
 
-    fingerprint = FaceTrainConfig(**result.config).fingerprint()
+    fingerprint = FaceTrainConfig(**training["config"]).fingerprint()
     onnx = paths.onnx(ds.dataset_id, fingerprint)
     if not onnx.exists():
         os.replace(export_onnx(model, onnx.with_name(f".{onnx.name}.{os.getpid()}.part")), onnx)
     diff = onnx_max_abs_diff(model, onnx, ds.holdout.photos()[:8])
     if diff > max_abs_diff:
         raise ValueError(f"onnx: {onnx} differs from PyTorch by {diff:.3g} (> {max_abs_diff:g})")
-    metrics = {"val_before": result.before, "val": result.after, "epochs": result.epochs,
-               "best_epoch": result.best_epoch, "holdout_version": ds.holdout.version, "onnx_max_abs_diff": diff,
-               "dataset": ds.summary(), "config": result.config, "source": "fine-tuned"}
+    metrics = {"val_before": training["before"], "val": training["after"], "epochs": training["epochs"],
+               "best_epoch": training["best_epoch"], "holdout_version": ds.holdout.version, "onnx_max_abs_diff": diff,
+               "dataset": ds.summary(), "config": training["config"], "source": "fine-tuned"}
     return release.registry.register_candidate(FACE, ARCHITECTURE, metrics, ds.dataset_id, run_id, str(onnx))
 
 
@@ -277,7 +278,7 @@ def run_nightly(samples: Iterable[FaceSample], paths: FacePaths, release: FaceRe
     ds = timed("dataset", lambda: prepare_dataset(samples, paths, dataset, get))
     first, _ = timed("first_version", lambda: ensure_first(release, paths, ds.holdout, limits, assets_dir, run_id))
     result = timed("train", lambda: train_candidate(ds, paths, train, assets_dir, progress))
-    candidate = timed("register", lambda: register(release, result.model, ds, result, paths, run_id))
+    candidate = timed("register", lambda: register(release, result.model, ds, result.summary(), paths, run_id))
     verdict = timed("gate", lambda: gate(release, candidate, result.model, ds.holdout, paths, limits, run_id,
                                          performance, assets_dir))
     report = NightlyReport(ds.summary(), first.version, candidate.version, verdict, result.summary(), seconds=seconds)
