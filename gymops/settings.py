@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("embedded", "services")
+FACE_TOKEN_FILE = "face-access.token"  # under GYMOPS_HOME, when GYMOPS_FACE_ACCESS_TOKEN is unset
 # The header the deployer presents on Triton model-control calls. Lower case: gRPC metadata keys must be.
 DEPLOY_HEADER = "gymops-deploy-token"
 
@@ -124,6 +125,14 @@ class FaceSettings:
     to the build, not to a tier's state (``make clean`` must not delete them). ``model_name``: the
     public Triton name clients call ("face"), never with a version. The decision threshold is NOT a
     setting: every model version carries its own, derived from impostor scores (issue 12).
+
+    The Access service (`gymops face serve`, gymops.face.service): ``embedder`` "triton" (probes go
+    to Triton's public name; the pair's swap is Triton's) or "local" (onnxruntime in-process from the
+    version folders under GYMOPS_TRITON_REPOSITORY, no Triton); HTTP and gRPC on ``access_host``;
+    ``access_token`` ("": $GYMOPS_HOME/face-access.token, made by ensure_face_token). Every
+    ``sync_interval_s`` it enrols what arrived in the history and follows gallery changes made by
+    other processes; ``enrol_overlap_s``: how far before its high-water mark the enrolment follower
+    reads again (a batch stamped earlier may commit later; gymops.face.enrolments).
     """
     assets_dir: Path = Path(sys.prefix) / "share" / "gymops-face"
     model_name: str = "face"
@@ -137,6 +146,13 @@ class FaceSettings:
     gate_margin: float = 0.03
     gate_latency_ms: float = 200.0
     gate_memory_mb: float = 2048.0
+    embedder: str = "triton"
+    access_host: str = "127.0.0.1"
+    access_port: int = 8090
+    access_grpc_port: int = 8091
+    access_token: str = field(default="", repr=False)
+    sync_interval_s: float = 2.0
+    enrol_overlap_s: float = 600.0
 
     def replace(self, **changes) -> "FaceSettings":
         return dataclasses.replace(self, **changes)
@@ -228,6 +244,8 @@ class Settings:
             raise ConfigError(f"GYMOPS_DELIVERY_PROMOTE_RULE: must be 'and' or 'or', got {self.delivery.promote_rule!r}")
         if self.delivery.good_error_rate >= 1 - self.delivery.rollback_accuracy:
             raise ConfigError("GYMOPS_DELIVERY_GOOD_ERROR_RATE: must be below 1 - GYMOPS_DELIVERY_ROLLBACK_ACCURACY")
+        if self.face.embedder not in ("triton", "local"):
+            raise ConfigError(f"GYMOPS_FACE_EMBEDDER: must be 'triton' or 'local', got {self.face.embedder!r}")
 
     # -- derived ---------------------------------------------------------------------------------
     @property
@@ -324,6 +342,8 @@ class Settings:
         if not groups["serving"].deploy_token:
             groups["serving"] = dataclasses.replace(groups["serving"],
                                                     deploy_token=_read_secret(home_path / "deploy.token"))
+        if not groups["face"].access_token:
+            groups["face"] = groups["face"].replace(access_token=_read_secret(home_path / FACE_TOKEN_FILE))
         return cls(profile=profile, home=home_path, **top, **groups)
 
 
@@ -368,6 +388,13 @@ def load_settings() -> Settings:
     return Settings.from_env()
 
 
+def ensure_face_token(settings: Settings) -> Settings:
+    """Settings whose face Access service token exists (generated once into its file when unset);
+    `gymops face serve` calls this, its clients read the file or GYMOPS_FACE_ACCESS_TOKEN."""
+    token = settings.face.access_token or _create_secret(settings.home / FACE_TOKEN_FILE)
+    return settings.replace(face={"access_token": token})
+
+
 def ensure_tokens(settings: Settings) -> Settings:
     """Settings whose ingestion and deploy tokens exist: each missing one is generated once into
     its file under GYMOPS_HOME (0600). Commands that serve or control call this; reading does not."""
@@ -399,7 +426,7 @@ _PREFIX = {"gates": "GYMOPS_GATE_", "retrain": "GYMOPS_RETRAIN_", "partitions": 
            "face": "GYMOPS_FACE_", None: "GYMOPS_"}
 # Credentials: never in to_dict() (see there); environment() keeps them for child processes.
 SECRET_VARIABLES = frozenset({"GYMOPS_PG_PASSWORD", "GYMOPS_S3_SECRET_KEY", "GYMOPS_INGEST_TOKEN", "GYMOPS_DEPLOY_TOKEN",
-                              "GYMOPS_DATABASE_URL", "GYMOPS_RABBITMQ_URL"})
+                              "GYMOPS_DATABASE_URL", "GYMOPS_RABBITMQ_URL", "GYMOPS_FACE_ACCESS_TOKEN"})
 _KEEP_EMPTY = {"GYMOPS_PG_PASSWORD", "GYMOPS_DAGSTER_PG_URL"}
 # variable -> (lo, hi), inclusive
 _BOUNDS = {
@@ -429,6 +456,8 @@ _BOUNDS = {
     "GYMOPS_DELIVERY_PROMETHEUS_PORT": (1, 65535), "GYMOPS_DELIVERY_METRICS_PORT": (1, 65535),
     "GYMOPS_FACE_WINDOW_DAYS": (1, 36500), "GYMOPS_FACE_GATE_FAR": (1e-9, 0.5), "GYMOPS_FACE_GATE_MARGIN": (0.0, 0.99),
     "GYMOPS_FACE_GATE_LATENCY_MS": (1e-9, math.inf), "GYMOPS_FACE_GATE_MEMORY_MB": (1e-9, math.inf),
+    "GYMOPS_FACE_ACCESS_PORT": (1, 65535), "GYMOPS_FACE_ACCESS_GRPC_PORT": (1, 65535),
+    "GYMOPS_FACE_SYNC_INTERVAL_S": (0.05, 3600.0), "GYMOPS_FACE_ENROL_OVERLAP_S": (0.0, 7 * 86400.0),
 }
 
 

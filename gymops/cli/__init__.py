@@ -7,6 +7,7 @@
     gymops simulate                                the Helper/Auth simulator: photos + events
     gymops serving {setup,start,stop,status,index,swap,unload}   the Triton server
     gymops models {rollback,reconcile}             which model version Triton serves
+    gymops face {serve,enrol-sync,status,rollback,delete}   the face Access service and its galleries
     gymops s3 {start,stop,status}                  the S3-compatible photo server (services)
     gymops demo [--replication-only]               the whole loop, or its replication part
 
@@ -24,13 +25,13 @@ from gymops.settings import ConfigError, load_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gymops.cli import demo, history, ingest, models, s3, serving, simulate
+    from gymops.cli import demo, face, history, ingest, models, s3, serving, simulate
 
     parser = argparse.ArgumentParser(prog="gymops", description="The command line of the MLOps tier: gymops <group> <command>.",
                                      epilog="`gymops <group> --help` for a group's commands and options.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="group", required=True, metavar="<group>")
-    for module in (history, ingest, simulate, serving, models, s3, demo):
+    for module in (history, ingest, simulate, serving, models, face, s3, demo):
         module.register(sub)
     return parser
 
