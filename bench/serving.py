@@ -257,6 +257,31 @@ class ServingPath:
         return figures
 
 
+def interleaved_rounds(measured: dict[str, ServingPath], photos, rounds: int, n: int, seconds: float,
+                       concurrency: int, warmup: int = 5, label: str = "") -> tuple[dict, float]:
+    """Warm every path up (``warmup`` requests), then measure the paths in ``rounds`` interleaved
+    rounds (rotating order): per round n/rounds sequential requests per path, then seconds/rounds of
+    ``concurrency`` client threads per path, so that background load on the shared cores falls on
+    every path alike. Returns (the machine's load during the rounds, their seconds)."""
+    for p in measured.values():  # warm-up: connections, first runs
+        p.latency_round(photos, 0, warmup)
+        p.latencies.clear()
+    other_before = other_cpu_busy(1.0)
+    meter = MachineMeter()
+    started = time.monotonic()
+    names = list(measured)
+    per_round_n = max(1, n // rounds)
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        log(f"{label}round {r + 1}/{rounds}: sequential latency ({per_round_n} requests per path)")
+        for name in order:
+            measured[name].latency_round(photos, r * per_round_n, per_round_n)
+        for name in order:
+            log(f"{label}round {r + 1}/{rounds}: {name}, {concurrency} threads for {seconds / rounds:.1f} s")
+            measured[name].load_round(photos, concurrency, seconds / rounds)
+    return {**meter.report(), "busy_cores_other_before": other_before}, time.monotonic() - started
+
+
 def ort_factory(version, params):
     from gymops.ml.preprocess import preprocess
 
@@ -411,24 +436,8 @@ def main(argv: list[str] | None = None) -> int:
                                            for p, r in zip(photos[:16], reference)))
             figures["max_abs_diff_vs_ort"] = diffs
 
-        for p in measured.values():  # warm-up: connections, first runs
-            p.latency_round(photos, 0, 5)
-            p.latencies.clear()
-        other_before = other_cpu_busy(1.0)
-        meter = MachineMeter()
-        started = time.monotonic()
-        names = list(measured)
-        per_round_n = max(1, n // rounds)
-        for r in range(rounds):
-            order = names[r % len(names):] + names[:r % len(names)]
-            log(f"round {r + 1}/{rounds}: sequential latency ({per_round_n} requests per path)")
-            for name in order:
-                measured[name].latency_round(photos, r * per_round_n, per_round_n)
-            for name in order:
-                log(f"round {r + 1}/{rounds}: {name}, {args.concurrency} threads for {seconds / rounds:.1f} s")
-                measured[name].load_round(photos, args.concurrency, seconds / rounds)
-        figures["machine"] = {**meter.report(), "busy_cores_other_before": other_before}
-        figures["seconds"] = time.monotonic() - started
+        figures["machine"], figures["seconds"] = interleaved_rounds(measured, photos, rounds, n, seconds,
+                                                                    args.concurrency)
         if "triton" in paths:
             mem = tb.server.memory()
             figures["triton_rss_tree_mib"] = mem["rss_bytes"] / 2**20
