@@ -15,7 +15,9 @@ from assets.pictures import picture
 from assets.progress import ProgressLog
 from gymops.face import nightly
 from gymops.face.dataset import FaceHoldout
+from gymops.face.gates import NotEnoughPairs
 from gymops.face.release import FACE, ReleaseError
+from gymops.serving.control import ControlError
 from gymops.face.stored import FacePaths
 from resources.face import FaceResource
 from resources.photos import PhotoStoreResource
@@ -44,8 +46,11 @@ def face_candidate(context: dg.AssetExecutionContext, face: FaceResource, regist
     paths = FacePaths(pipeline.root)
     ds = nightly.open_dataset(paths, face_dataset.dataset_id)
     release = face.release(registry.registry())
-    active, actions = nightly.ensure_first(release, paths, ds.holdout, face.limits(), face.assets_dir(),
-                                           context.run.run_id)
+    try:
+        active, actions = nightly.ensure_first(release, paths, ds.holdout, face.limits(), face.assets_dir(),
+                                               context.run.run_id)
+    except (NotEnoughPairs, ReleaseError, ControlError) as exc:
+        raise dg.Failure(f"no active face version to judge the candidate against: {exc}") from exc
     for action in actions:
         context.log.info("face release: %s", action)
     model = nightly.load_trained(Path(face_checkpoint.ckpt_dir), face.assets_dir())
@@ -139,8 +144,9 @@ def face_deployed(context: dg.AssetExecutionContext, face: FaceResource, registr
         report = face.release(registry.registry()).deploy(
             face_candidate.version, threshold, photos.get, progress=ProgressLog(context, "re-index"),
             on_step=lambda step, s: context.log.info("face deploy %s: %.2f s", step, s))
-    except (ValueError, ReleaseError) as exc:
-        raise dg.Failure(f"face {face_candidate.version} not deployed: {exc}; the active pair keeps serving") from exc
+    except (ValueError, ReleaseError, ControlError) as exc:
+        raise dg.Failure(f"face {face_candidate.version} not deployed: {exc}; the active pair keeps serving "
+                         "(a re-run resumes the re-index)") from exc
     return dg.MaterializeResult(metadata={
         "version": report.version,
         "triton_version": report.triton_version,

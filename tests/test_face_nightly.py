@@ -64,10 +64,12 @@ class Env:
         self.release = self.restart()
 
     def restart(self) -> FaceRelease:
-        """A process (re)started: a fresh release whose matcher embeds probes through Triton."""
+        """A process (re)started: a fresh release whose matcher embeds probes through Triton; 2
+        versions stay loadable (more are archived once their galleries are gone)."""
         matcher = FaceMatcher(TritonEmbedder(self.server.grpc_url))
         self.release = FaceRelease(self.registry, self.store, self.settings.serving.repository,
-                                   TritonServe(self.control, self.registry), matcher)
+                                   TritonServe(self.control, self.registry), matcher, keep=2,
+                                   archive_dir=self.settings.serving.triton_home / "archive")
         return self.release
 
     def served(self) -> list[int]:
@@ -296,3 +298,10 @@ def test_a_killed_reindex_leaves_the_active_pair_serving_and_resumes(env, night)
     assert env.registry.active(FACE).version == mv.version and env.served() == [mv.triton_version]
     assert verify_all(env, restarted.pairs.matcher, members) == {mv.version}
     assert restarted.pairs.matcher.cross_version == 0
+    # beyond the newest 2: 1.1.0 (rolled back, its gallery archived by this flip) leaves the repository;
+    # 1.0.0 is older still, but its gallery is the previous pair: kept for rollback
+    states = {s.model_version: s.state for s in restarted.pairs.states().values()}
+    assert states["1.0.0"] == "previous" and states["1.1.0"] == "archived"
+    assert env.registry.get(FACE, "1.1.0").status == "archived" and env.registry.get(FACE, "1.0.0").status == "retired"
+    assert not restarted.folder("1.1.0").exists() and restarted.folders.archived(2).is_dir()
+    assert restarted.folder("1.0.0").is_dir()

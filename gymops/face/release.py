@@ -16,6 +16,9 @@ name. ``deploy`` moves them in this order:
     flip        the galleries' flip: candidate index loaded, then ``serve`` (Triton's swap), then the
                 pair states (candidate active, old active previous, older previous archived)
     registry    the candidate active in the registry, the old one retired, ModelDeployedEvent
+    archive     versions beyond the newest ``keep`` archived in the registry and their folders moved out
+                of the repository, except a version whose gallery is live (the previous pair: a run of
+                rejected candidates must not take the rollback target away)
 
 Why this order: until ``flip`` nothing that answers an entry has changed, so a crash or a killed
 re-index leaves the active pair serving (the candidate is only "indexing"; the next deploy resumes
@@ -39,13 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from gymops.deploy.folders import artifact_path
+from gymops.deploy.folders import VersionFolders, artifact_path
 from gymops.face.gallery import GalleryStore
 from gymops.face.matching import FaceMatcher, LocalEmbedder
 from gymops.face.serving import write_face_onnx
 from gymops.face.swap import FaceGalleries
-from gymops.lifecycle.registry import ModelRegistry
-from gymops.lifecycle.versions import ACTIVE, CANDIDATE, ROLLED_BACK, ModelVersion, VersionNotFound
+from gymops.lifecycle.registry import KEEP_LOADABLE, ModelRegistry
+from gymops.lifecycle.versions import (ACTIVE, ARCHIVABLE, ARCHIVED, CANDIDATE, ROLLED_BACK, ModelVersion,
+                                      VersionNotFound)
 from gymops.serving.control import METADATA_FILE, version_dir
 
 FACE = "face"  # the registry's model type
@@ -109,11 +113,14 @@ class RollbackReport:
 
 class FaceRelease:
     """See the module docstring. ``serve``: TritonServe in production; ``matcher``: this process's
-    (default: one that answers no probes)."""
+    (default: one that answers no probes); ``archive_dir``: where archived version folders go
+    (outside the repository); ``keep``: versions that stay loadable."""
 
     def __init__(self, registry: ModelRegistry, store: GalleryStore, repository: Path,
-                 serve: Callable[[str], None], matcher: FaceMatcher | None = None, model_name: str = "face"):
+                 serve: Callable[[str], None], matcher: FaceMatcher | None = None, model_name: str = "face",
+                 archive_dir: Path | None = None, keep: int = KEEP_LOADABLE):
         self.registry, self.repository, self.model_name = registry, Path(repository), model_name
+        self.folders, self.keep = VersionFolders(repository, model_name, archive_dir), keep
         self._embedders: dict[str, LocalEmbedder] = {}
         self.pairs = FaceGalleries(store, matcher or FaceMatcher(_NoProbes()), self.embedder, serve)
 
@@ -246,6 +253,7 @@ class FaceRelease:
         step("flip", lambda: self.pairs.flip(version, photo_for))
         total = time.monotonic() - started
         step("registry", lambda: self.registry.activate(FACE, version, deploy_seconds=round(total, 3)))
+        step("archive", lambda: self._archive(actions))
         return ReleaseReport(version, mv.triton_version, previous.version if previous else None,
                              self._members(version), written, steps, actions)
 
@@ -269,6 +277,23 @@ class FaceRelease:
             self.registry.outbox.amend_pending(event_id, {"seconds": seconds})
         return RollbackReport(current.version, target.version, seconds, actions)
 
+    def _archive(self, actions: list[str]) -> None:
+        """After a release: a failure here only leaves old folders in place (the next one retries)."""
+        try:
+            live = set(self.pairs.live_versions())
+            kept = [mv for mv in self.registry.history(FACE, limit=1_000_000) if mv.status != ARCHIVED]
+            archived = []
+            for mv in kept[self.keep:]:
+                if mv.status in ARCHIVABLE and mv.version not in live:
+                    self.registry.set_status(FACE, mv.version, ARCHIVED, f"beyond the newest {self.keep}")
+                    archived.append(mv.version)
+            moved = self.folders.move_archived(self.registry.history(FACE, limit=1_000_000))
+        except Exception as exc:  # noqa: BLE001 - the release itself is done
+            actions.append(f"archiving old versions failed ({type(exc).__name__}: {exc}); the next release retries")
+            return
+        if archived or moved:
+            actions.append(f"archived {archived}; folders {moved} moved to {self.folders.archive_dir}")
+
     def _members(self, version: str) -> int:
         return self.pairs.store.counts().get(version, 0)
 
@@ -286,4 +311,5 @@ def open_release(settings, registry: ModelRegistry | None = None, control=None) 
     ss = ensure_tokens(settings).serving
     control = control or ModelControl.for_settings(ss)
     serve = TritonServe(control, registry, settings.face.model_name)
-    return FaceRelease(registry, GalleryStore(engine), ss.repository, serve, model_name=settings.face.model_name)
+    return FaceRelease(registry, GalleryStore(engine), ss.repository, serve, model_name=settings.face.model_name,
+                       archive_dir=ss.triton_home / "archive")
