@@ -15,7 +15,7 @@ import time
 import pytest
 
 from bench.canary import tiny_onnx
-from fixtures import Clients, FAST, MODEL, PHOTOS, status, watch_until, watcher_for
+from fixtures import Clients, Crash, FAST, MODEL, PHOTOS, status, watch_until, watcher_for
 from gymops.deploy.canary import route_folders
 from gymops.deploy.folders import version_meta
 from gymops.lifecycle.outbox import MODEL_ROLLED_BACK
@@ -156,6 +156,41 @@ def test_triton_killed_mid_canary_then_reconcile(env):
     fixed = env.deployer.reconcile("laundry")
     assert fixed.consistency.ok and status(env, v2.version) == "rolled_back"
     env.assert_clean()
+
+
+@pytest.mark.parametrize("move", ["abort", "promote"])
+def test_watcher_killed_mid_flip_then_reconcile(env, monkeypatch, move):
+    """The watcher dies inside its flip: abort after the registry recorded the rollback but before
+    the stable version serves alone; promote after the candidate serves alone but before the
+    registry recorded it. reconcile finishes from the registry's truth; clients never fail."""
+    v2 = env.candidate(2)
+    env.deployer.start_canary("laundry", v2.version, canary_fraction=0.3)
+    real_swap = env.control.swap
+
+    def dies(model, version, *args, **kwargs):
+        if move == "promote":
+            real_swap(model, version, *args, **kwargs)  # served, then the process is gone
+        raise Crash(f"watcher killed during {move}")
+
+    monkeypatch.setattr(env.control, "swap", dies)
+    with Clients(env.server.grpc_url) as clients:
+        with pytest.raises(Crash):
+            if move == "abort":
+                env.deployer.abort_canary("laundry", reason="errors failed", signal="errors")
+            else:
+                env.deployer.promote_canary("laundry", reason="signals pass")
+        monkeypatch.setattr(env.control, "swap", real_swap)
+        fixed = env.deployer.reconcile("laundry")
+        time.sleep(0.5)
+    assert fixed.consistency.ok, fixed.consistency.problems
+    assert not clients.failures, clients.failures[:3]
+    if move == "abort":  # the registry's rollback stands: the stable version serves alone
+        assert status(env, v2.version) == "rolled_back" and env.registry.active("laundry").version == env.v1.version
+        assert len(env.events(MODEL_ROLLED_BACK)) == 1
+        env.assert_clean()
+    else:  # the registry still says canary: its route serves again, for the next watcher to judge
+        assert status(env, v2.version) == "canary"
+        assert env.control.served_versions(MODEL) == route_folders(env.deployer)
 
 
 def test_signals_count_errors_that_triton_counts_as_success(env):
