@@ -13,7 +13,7 @@ version's gallery. Weights missing: skipped outside CI, a failure in CI (fixture
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import numpy as np
 import pytest
@@ -23,7 +23,7 @@ from fixtures import face_serving_settings, require_face_weights, require_triton
 from gymops.face.dataset import synthetic_samples
 from gymops.face.gallery import Enrolment
 from gymops.face.gates import FaceGateLimits
-from gymops.face.matching import FaceMatcher, GalleryNotReady, TritonEmbedder
+from gymops.face.matching import FaceMatcher, TritonEmbedder
 from gymops.face.release import FACE, FaceRelease, ReleaseError, TritonServe
 from gymops.face.stored import FacePaths
 from gymops.face.swap import gallery_loader
@@ -305,3 +305,23 @@ def test_a_killed_reindex_leaves_the_active_pair_serving_and_resumes(env, night)
     assert env.registry.get(FACE, "1.1.0").status == "archived" and env.registry.get(FACE, "1.0.0").status == "retired"
     assert not restarted.folder("1.1.0").exists() and restarted.folders.archived(2).is_dir()
     assert restarted.folder("1.0.0").is_dir()
+
+
+def test_first_version_threshold_is_provisional_while_the_holdout_is_small():
+    """No face version yet and a holdout too small for FAR 1e-3: the first version's threshold is
+    derived at the finest FAR the holdout resolves (never coarser than 1e-2), so entry can start;
+    a holdout that resolves the design FAR gets it unchanged; too few pairs for even 1e-2 refuse."""
+    from types import SimpleNamespace
+
+    from gymops.face.gates import FaceGateLimits, NotEnoughPairs
+
+    design = FaceGateLimits(far=1e-3)
+
+    def holdout(identities, photos=4):
+        return SimpleNamespace(user_ids=[f"u{i}" for i in range(identities) for _ in range(photos)])
+
+    small = nightly.first_version_limits(holdout(10), design)  # 40 photos: 780 - 60 = 720 impostor pairs
+    assert small.far == pytest.approx(3 / 720) and design.far < small.far <= 1e-2
+    assert nightly.first_version_limits(holdout(40), design) is design  # 12,480 impostor pairs
+    with pytest.raises(NotEnoughPairs, match="provisional"):
+        nightly.first_version_limits(holdout(3), design)  # 66 - 18 = 48 impostor pairs

@@ -22,6 +22,7 @@ in another process, and a re-execution from a failed step starts from the files.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -87,6 +88,34 @@ def holdout_verification(model, holdout: FaceHoldout, limits: FaceGateLimits) ->
             "holdout_version": holdout.version}
 
 
+COARSEST_FIRST_FAR = 1e-2
+
+
+def first_version_limits(holdout: FaceHoldout, limits: FaceGateLimits) -> FaceGateLimits:
+    """The FAR the FIRST version's threshold is derived at: the gate's, or, while the holdout is too
+    small to resolve it, the finest it can (impostor_factor / impostor pairs), never coarser than
+    COARSEST_FIRST_FAR. Why: with no active version there is no live gallery, so nobody can enrol
+    or enter until the first version serves; at FAR 1e-3 that would wait for ~3,000 impostor pairs
+    (~20 identities of 4 photos in the holdout, ~100 enrolled at a 0.2 holdout share). A
+    provisional threshold lets entry start on the first night; every candidate is still gated at
+    the design FAR (a candidate is judged only once the holdout resolves it) and brings its own
+    threshold, so the provisional one lasts until the first gated swap. The achieved FAR is in
+    the version's metrics (holdout.far), so an operator sees it."""
+    from dataclasses import replace
+
+    from gymops.face.gates import pair_counts
+
+    _, impostor = pair_counts(holdout.user_ids)
+    if impostor >= limits.min_impostor_pairs:
+        return limits
+    far = limits.impostor_factor / max(impostor, 1)
+    if far > COARSEST_FIRST_FAR:
+        needed = math.ceil(limits.impostor_factor / COARSEST_FIRST_FAR)
+        raise NotEnoughPairs(f"impostor pairs: {impostor:,} < {needed:,}: even the first version's provisional "
+                             f"threshold needs FAR <= {COARSEST_FIRST_FAR:g}; the holdout needs more identities")
+    return replace(limits, far=far)
+
+
 def ensure_first(release: FaceRelease, paths: FacePaths, holdout: FaceHoldout, limits: FaceGateLimits,
                  assets_dir: Path | None = None, run_id: str | None = None) -> tuple[ModelVersion, list[str]]:
     """The active face version; when there is none, the pretrained descriptor released as the first
@@ -97,7 +126,7 @@ def ensure_first(release: FaceRelease, paths: FacePaths, holdout: FaceHoldout, l
     if active is not None:
         return active, release.reconcile()
     model = load_pretrained(assets_dir)
-    figures = holdout_verification(model, holdout, limits)
+    figures = holdout_verification(model, holdout, first_version_limits(holdout, limits))
     onnx = paths.pretrained_onnx
     if not onnx.exists():  # one file, so a retried first night registers the same artifact
         tmp = export_onnx(model, onnx.with_name(f".{onnx.name}.{os.getpid()}.part"))
