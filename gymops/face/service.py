@@ -263,7 +263,10 @@ def serve(settings, follow_enrolments: bool = True, ready: Callable[[dict], None
     fs = ensure_face_token(settings).face
     follower = EnrolmentFollower(settings, parts.pairs) if follow_enrolments else None
     loop = SyncLoop(fs.sync_interval_s, follower, sync)
-    loop.step()  # the galleries and what arrived while it was down, before the first request
+    try:  # the galleries and what arrived while it was down, before the first request
+        loop.step()
+    except Exception:  # noqa: BLE001 - entry starts on the recovered pair; the loop tries again
+        log.exception("face sync pass at start failed; serving the recovered pair, the loop tries again")
     loop.start()
     app = create_app(parts.matcher, fs.access_token)
 
