@@ -24,6 +24,7 @@ from concurrent import futures
 
 from fastapi import FastAPI, Request  # at module level: FastAPI resolves the handlers' annotations here
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from gymops.face.matching import FaceMatcher, GalleryNotReady, InvalidPhoto
 
@@ -74,7 +75,9 @@ def create_app(matcher: FaceMatcher, token: str = "") -> FastAPI:
             body = json.loads(await request.body())
             if not isinstance(body, dict):
                 raise BadRequest("the body is a JSON object")
-            return JSONResponse(METHODS[name](matcher, body))
+            # the matcher blocks (a Triton embedding, ~6-15 ms): off the event loop, or one process
+            # would answer HTTP requests one at a time
+            return JSONResponse(await run_in_threadpool(METHODS[name], matcher, body))
         except (BadRequest, InvalidPhoto, json.JSONDecodeError, UnicodeDecodeError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         except GalleryNotReady as exc:
