@@ -87,6 +87,9 @@ def test_other_event_types_parse():
     (task(eventId="a\x00b"), "eventId", "NUL"),
     (task(helperId="H\ud800"), "helperId", "lone surrogate"),
     (task(branchId="BR\n1"), "branchId", "control character"),
+    (task(branchId="BR\x7f1"), "branchId", "control character"),  # ASCII but not printable
+    (task(helperId="H\x851"), "helperId", "control character"),  # a C1 control
+    (task(correctionReason="a\tb\x00"), "correctionReason", "NUL"),  # free text: tab allowed, NUL not
     (task(timestamp="1600-01-01T00:00:00Z"), "timestamp", "before 2000-01-01"),
     (task(timestamp="0001-01-01T00:00:00+01:00"), "timestamp", "out of range"),
     (task(photoUrl="file:///photos/t\t1.jpg"), "photoUrl", "whitespace"),

@@ -97,7 +97,8 @@ def test_bad_url_becomes_the_dead_letter_reason(local):
 
 @pytest.mark.parametrize("key, reason", [
     ("", "empty key"), ("/abs.jpg", "absolute key"), ("a/../b", "traversal"), ("a/%2e%2e/b", "traversal"),
-    ("a\\b", "backslash"), ("a\x00b", "NUL"), ("a\nb", "control"), ("a//b", "empty path segment"),
+    ("a\\b", "backslash"), ("a\x00b", "NUL"), ("a\nb", "control"), ("a\x7fb", "control"),
+    ("a//b", "empty path segment"),
     ("x" * 1025, "longer than 1024"),
 ])
 def test_put_rejects_bad_keys(local, key, reason):

@@ -71,11 +71,12 @@ def cmd_send(settings, args) -> int:
 
 
 def cmd_consume(settings, args) -> int:
-    from gymops.ingest.broker import Consumer
+    from gymops.ingest.broker import Consumer, freeze_startup_heap
 
     log = logging.getLogger("gymops.consume")
     consumer = Consumer(settings, _replicator(settings), on_batch=lambda r: log.info("batch: %s", r.summary()))
     consumer.install_signal_handlers()
+    freeze_startup_heap()
     consumer.run()
     return 0
 

@@ -47,6 +47,9 @@ class LedgeredFileOfflineStore(DaskOfflineStore):
             progress(written)
 
 
+_COLUMNS: dict[tuple, list[tuple[str, str]]] = {}
+
+
 class IdempotentPostgreSQLOfflineStoreConfig(PostgreSQLOfflineStoreConfig):
     type: Literal["gymops.history.feast_offline.IdempotentPostgreSQLOfflineStore"] = (  # type: ignore[assignment]
         "gymops.history.feast_offline.IdempotentPostgreSQLOfflineStore"
@@ -54,6 +57,22 @@ class IdempotentPostgreSQLOfflineStoreConfig(PostgreSQLOfflineStoreConfig):
 
 
 class IdempotentPostgreSQLOfflineStore(PostgreSQLOfflineStore):
+    def get_table_column_names_and_types_from_data_source(self, config: RepoConfig, data_source):
+        """The source table's columns, asked of PostgreSQL once per process and table.
+
+        Feast's push checks the frame against them on every offline write, and asking costs a new
+        connection and a query per batch (~1 ms of the consumer's CPU each, profiled 2026-12-01).
+        The history tables' columns come from gymops.history.tables and do not change under a
+        running process; an INSERT naming a column the table lacks still fails the push.
+        """
+        if not isinstance(data_source, PostgreSQLSource):
+            return super().get_table_column_names_and_types_from_data_source(config, data_source)
+        store = config.offline_store
+        key = (store.host, store.port, store.database, store.db_schema, data_source.get_table_query_string())
+        if key not in _COLUMNS:
+            _COLUMNS[key] = list(super().get_table_column_names_and_types_from_data_source(config, data_source))
+        return _COLUMNS[key]
+
     @staticmethod
     def offline_write_batch(
         config: RepoConfig,

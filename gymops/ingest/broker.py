@@ -37,6 +37,7 @@ dead-letter store keeps one row per message.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -49,6 +50,11 @@ from pika.exceptions import AMQPChannelError, AMQPConnectionError, AMQPError, Ch
 log = logging.getLogger(__name__)
 
 PRECONDITION_FAILED, RESOURCE_LOCKED, NOT_FOUND = 406, 405, 404
+# While a batch is open, the consumer lets deliveries gather this long between reads (never past
+# the batch's deadline). pika wakes up, reads and dispatches once per socket read, which at a paced
+# 1,000-1,500 events/s meant once per message; gathered, one read brings 10-15. pika's CPU per
+# message, measured with a no-op replicator at 1,000/s: 89-114 us before, 45-48 us after (2026-12-01).
+GATHER_S = 0.01
 
 
 def parameters(settings) -> pika.URLParameters:
@@ -270,6 +276,21 @@ def delivery_count(props) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+def freeze_startup_heap() -> None:
+    """Leave everything alive now (imported modules, the Feast store, clients) out of every later
+    garbage collection. For a process that only consumes (``gymops ingest consume`` calls it once
+    its replicator is built), not for a library caller: it affects the whole process.
+
+    The consumer imports Feast and with it torch, pandas and pyarrow: ~400,000 long-lived objects
+    that every full collection walked again, ~0.25 s each time, every ~10,000 events (7-14% of the
+    consumer's CPU, measured 2026-12-01). ``gc.freeze`` moves them to a permanent generation that
+    collections skip (a full collection then takes ~3 ms); what the batches allocate is collected
+    as before.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 class Consumer:
     """Consumes the events queue (and its parking queue) in batches: ingest, then acknowledge."""
 
@@ -340,6 +361,8 @@ class Consumer:
                 if pending and (len(pending) >= self.batch_size or time.monotonic() >= deadline):
                     batch, pending[:] = list(pending), []
                     self._flush(conn, channel, batch)
+                elif pending:
+                    time.sleep(min(GATHER_S, max(0.0, deadline - time.monotonic())))
                 if parked:
                     batch, parked[:] = list(parked), []
                     self._flush_parked(conn, parked_channel, batch)

@@ -189,6 +189,8 @@ class _Reader:
         value = value.strip()
         if required and not value:
             raise EventValidationError(field, "must not be empty")
+        if value.isascii() and value.isprintable():  # the usual case: nothing below can match
+            return value
         bad = _NUL_OR_SURROGATE.search(value)
         if bad:
             what = "a NUL character" if bad.group() == "\x00" else f"a lone surrogate U+{ord(bad.group()):04X}"
@@ -381,6 +383,8 @@ KNOWN_FIELDS = {
     name: {"eventType", "schemaVersion"} | {_to_camel(f.name) for f in fields(cls)}
     for name, cls in EVENT_TYPES.items()
 }
+# Every known name is short: an object holding only these has no over-long field name to report.
+_ANY_KNOWN_FIELD = frozenset().union(*KNOWN_FIELDS.values())
 
 
 def _kind(value: Any) -> str:
@@ -430,7 +434,8 @@ def _parse(raw, check_photo_url, now, max_bytes, max_depth) -> Event:
         raw = decode_json(raw, max_depth)
     if not isinstance(raw, dict):
         raise EventValidationError("(body)", f"must be a JSON object, got {_kind(raw)}")
-    long_names = [k for k in raw if not isinstance(k, str) or len(k) > MAX_FIELD_NAME]
+    long_names = [] if raw.keys() <= _ANY_KNOWN_FIELD else [
+        k for k in raw if not isinstance(k, str) or len(k) > MAX_FIELD_NAME]
     if long_names:
         raise EventValidationError(_field_name(str(long_names[0])), f"field name longer than {MAX_FIELD_NAME} characters")
     event_type = raw.get("eventType")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Protocol
@@ -16,6 +17,7 @@ from urllib.parse import quote, unquote, urlsplit
 from gymops.settings import Settings
 
 MAX_KEY_BYTES = 1024  # the S3 limit, applied to both stores so a key works in either
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class PhotoStore(Protocol):
@@ -35,7 +37,7 @@ def check_key(key: str) -> str:
         raise ValueError("empty key")
     if "\x00" in key:
         raise ValueError("key contains a NUL character")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key):
+    if _CONTROL.search(key):
         raise ValueError("key contains a control character")
     if "\\" in key:
         raise ValueError("key contains a backslash")
