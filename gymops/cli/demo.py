@@ -18,6 +18,8 @@ def cmd_demo(settings, args) -> int:
                           ("--result", args.result)):
         if value is not None:
             argv += [option, str(value)]
+    if args.no_face:
+        argv.append("--no-face")
     return main(argv)
 
 
@@ -32,4 +34,5 @@ def register(sub) -> None:
                    help="tasks per batch of live traffic while the first model serves (default 500; not with --replication-only)")
     p.add_argument("--seed", type=int, default=None, help="(default 7)")
     p.add_argument("--result", default=None, help="write the outcome as JSON to this file (bench/demo_swaps.py)")
+    p.add_argument("--no-face", action="store_true", help="leave out the face act (not with --replication-only)")
     p.set_defaults(handler=cmd_demo)

@@ -7,6 +7,9 @@
 4. the correction sensor fires, the new model is trained, passes its gates and is hot-swapped
    under that live traffic; the paired comparison, holdout accuracy before and after, and failed
    requests are printed. Production rules throughout (retraining and gates).
+5. progressive delivery: a faulty candidate in canary, rolled back by the watcher (gymops.demo.canary);
+6. face entry: members enrol, entries flow, and the nightly face batch retrains, re-indexes and swaps
+   under entry traffic (gymops.demo.face; SYNTHETIC faces).
 """
 from __future__ import annotations
 
@@ -121,6 +124,7 @@ def main(argv=None) -> int:
     parser.add_argument("--live-tasks", type=int, default=500, help="tasks per batch of live traffic while the first model serves")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--result", default="", help="also write the outcome as JSON here (bench/demo_swaps.py counts it)")
+    parser.add_argument("--no-face", action="store_true", help="leave out the face act (gymops.demo.face)")
     args = parser.parse_args(argv)
 
     import dagster as dg
@@ -243,6 +247,12 @@ def main(argv=None) -> int:
         step(f"progressive delivery: a deliberately faulty candidate goes to canary beside {after.version}; "
              "the watcher judges the live signals and rolls it back on its own")
         canary_act.run(settings, Deployer.for_settings(registry, ss), after, photos)
+        if not args.no_face:
+            from gymops.demo import face as face_act  # issue 12: face entry
+
+            step("face entry (SYNTHETIC faces): members enrol through the ingestion endpoint, the nightly face batch "
+                 "(Dagster: face_nightly) releases, retrains, gates, re-indexes and swaps under entry traffic")
+            face_act.run(settings, instance, base, ingest_settings.ingest_token)
         if args.result:
             Path(args.result).write_text(json.dumps({
                 "seed": args.seed, "first": v1.version, "active": after.version, "swapped": after.version != v1.version,
