@@ -35,5 +35,6 @@ status:
 bench-ingest: venv    ## bench/ingest: events/s end to end, both paths; writes bench/results/ingest.json
 	$(PY) -m bench.ingest
 
-clean:                ## remove the embedded profile's state (var/)
+clean:                ## remove the embedded profile's state (var/ and the version folders its deployments wrote)
 	rm -rf var
+	rm -rf triton_models/*/[0-9]*/ triton_models/*/.tmp-*/
