@@ -28,9 +28,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -39,7 +36,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from gymops.ml.records import MANIFEST, NotEnoughData, digest, pack_bytes, save_npy, ts_key, write_json
+from gymops.ml.records import (MANIFEST, NotEnoughData, digest, read_frozen_photos, ts_key,
+                                write_frozen_version)
 
 SAMPLE_KINDS = ("enrolment", "entry")
 HOLDOUT_NAME = "face"
@@ -165,13 +163,7 @@ class FaceHoldout:
 
     def photos(self) -> list[bytes]:
         """The frozen photo bytes in ``user_ids`` order, checked against their digests."""
-        data = np.load(self.path / "photos.npy", allow_pickle=False)
-        offsets = np.load(self.path / "offsets.npy", allow_pickle=False)
-        out = [data[offsets[i]:offsets[i + 1]].tobytes() for i in range(len(self.user_ids))]
-        for event_id, blob, expected in zip(self.event_ids, out, self.digests):
-            if digest(blob) != expected:
-                raise ValueError(f"face holdout photo of event {event_id} in {self.path} is corrupt (digest mismatch)")
-        return out
+        return read_frozen_photos(self.path, self.event_ids, self.digests, "face holdout photo of event")
 
     @staticmethod
     def versions(folder: Path | str) -> list[int]:
@@ -255,22 +247,7 @@ def _grow(folder: Path, base: FaceHoldout | None, fetched, seed: int, fraction: 
         "digests": (base.digests if base else []) + [digest(b) for _, b in added],
         "added_in": (base.added_in if base else []) + [version] * len(added),
     }
-    final = _version_dir(folder, version)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".v{version:04d}-"))
-    try:
-        data, offsets = pack_bytes(old + [b for _, b in added])
-        save_npy(tmp / "photos.npy", data)
-        save_npy(tmp / "offsets.npy", offsets)
-        write_json(tmp / MANIFEST, manifest)
-        try:
-            os.rename(tmp, final)  # atomic; another process writing this version first wins
-        except OSError:
-            if not (final / MANIFEST).exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    write_frozen_version(_version_dir(folder, version), old + [b for _, b in added], manifest)
     loaded = FaceHoldout.load(folder, version)
     assert loaded is not None
     return loaded

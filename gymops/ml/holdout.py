@@ -6,9 +6,6 @@ champion and the challenger on the current one. Its size per class follows the R
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,8 +16,8 @@ import numpy as np
 from gymops.ingest.events import LABELS
 from gymops.ml.preprocess import IMAGE_SIZE, decode_rgb, normalise, resize_rgb
 
-from gymops.ml.records import (CLASS_INDEX, DATASET_FORMAT, MANIFEST, NotEnoughData, TaskRecord, digest, pack_bytes,
-                               save_npy, stratified_pick, ts_key, write_json)
+from gymops.ml.records import (CLASS_INDEX, DATASET_FORMAT, MANIFEST, NotEnoughData, TaskRecord, digest,
+                               read_frozen_photos, stratified_pick, ts_key, write_frozen_version)
 
 
 @dataclass
@@ -81,13 +78,7 @@ class Holdout:
 
     def photos(self) -> list[bytes]:
         """The frozen photo bytes, in ``task_ids`` order (checked against their digests)."""
-        data = np.load(self.path / "photos.npy", allow_pickle=False)
-        offsets = np.load(self.path / "offsets.npy", allow_pickle=False)
-        out = [data[offsets[i]:offsets[i + 1]].tobytes() for i in range(len(self.task_ids))]
-        for tid, blob, expected in zip(self.task_ids, out, self.digests):
-            if digest(blob) != expected:
-                raise ValueError(f"holdout photo of task {tid} in {self.path} is corrupt (digest mismatch)")
-        return out
+        return read_frozen_photos(self.path, self.task_ids, self.digests, "holdout photo of task")
 
     def images(self, size: int = IMAGE_SIZE) -> np.ndarray:
         """uint8 (N, size, size, 3): the holdout photos after the resize step."""
@@ -236,22 +227,7 @@ def _write_version(folder, model_type: str, version: int, ids: list[str], labels
         "digests": [digest(b) for b in blobs],
         "added_in": added_in,
     }
-    final = _version_dir(folder, model_type, version)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".v{version:04d}-"))
-    try:
-        data, offsets = pack_bytes(blobs)
-        save_npy(tmp / "photos.npy", data)
-        save_npy(tmp / "offsets.npy", offsets)
-        write_json(tmp / MANIFEST, manifest)
-        try:
-            os.rename(tmp, final)  # atomic; fails if another process wrote this version first
-        except OSError:
-            if not (final / MANIFEST).exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    write_frozen_version(_version_dir(folder, model_type, version), blobs, manifest)
     loaded = Holdout.load(folder, model_type, version)
     assert loaded is not None
     return loaded

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -124,6 +126,39 @@ def pack_bytes(blobs: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(b) for b in blobs])
     return np.frombuffer(b"".join(blobs), dtype=np.uint8).copy(), offsets
+
+
+def write_frozen_version(final: Path, blobs: Sequence[bytes], manifest: dict) -> None:
+    """A holdout version folder (photos.npy, offsets.npy, then the manifest), written under a
+    temporary name and renamed into place: atomic, and immutable once there. When another process
+    wrote the same version first, its folder stands."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-"))
+    try:
+        data, offsets = pack_bytes(blobs)
+        save_npy(tmp / "photos.npy", data)
+        save_npy(tmp / "offsets.npy", offsets)
+        write_json(tmp / MANIFEST, manifest)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / MANIFEST).exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_frozen_photos(path: Path, keys: Sequence[str], digests: Sequence[str], what: str) -> list[bytes]:
+    """The photo bytes of a holdout version folder in ``keys`` order, each checked against its
+    digest (ValueError naming ``what`` and the key when one is corrupt)."""
+    data = np.load(path / "photos.npy", allow_pickle=False)
+    offsets = np.load(path / "offsets.npy", allow_pickle=False)
+    out = [data[offsets[i]:offsets[i + 1]].tobytes() for i in range(len(keys))]
+    for key, blob, expected in zip(keys, out, digests):
+        if digest(blob) != expected:
+            raise ValueError(f"{what} {key} in {path} is corrupt (digest mismatch)")
+    return out
 
 
 def stratified_pick(items: list[tuple[str, str]], count_for: Callable[[str, int], int], seed: int,
