@@ -66,7 +66,7 @@ from gymops.face.evaluate import pair_scores, verification_at_far
 from gymops.face.model import BLOCKS, FaceDescriptor, load_pretrained
 from gymops.face.preprocess import preprocess
 from gymops.ml.feature_cache import FeatureCache
-from gymops.ml.train import _latest_checkpoint, _lightning, _quiet
+from gymops.ml.train import EpochCurves, latest_checkpoint, lightning_pytorch, quiet_training
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 BLOCK_NAMES = tuple(name for name, *_ in BLOCKS)
@@ -186,21 +186,17 @@ def validation_figures(embeddings: np.ndarray, user_ids: Sequence[str], far: flo
 
 
 def _tuner_class():
-    pl = _lightning()
+    pl = lightning_pytorch()
 
-    class FaceFineTuner(pl.LightningModule):
+    class FaceFineTuner(EpochCurves, pl.LightningModule):
         """Tail + identity centres; steps take cached frozen-part maps. CosFace loss."""
 
         def __init__(self, tail: Tail, centres: torch.Tensor, cfg: FaceTrainConfig, val_ids: Sequence[str]):
             super().__init__()
             self.tail, self.cfg, self.val_ids = tail, cfg, list(val_ids)
             self.centres = nn.Parameter(F.normalize(centres, dim=1))
-            self.curves: list[dict[str, float]] = []  # travel in checkpoints: a resumed run keeps them
-            self.progress: Callable[[int], None] | None = None
-            self._train_sum, self._train_n, self._val = 0.0, 0, []
-
-        def on_train_epoch_start(self) -> None:
-            self._train_sum, self._train_n = 0.0, 0
+            self.start_curves()
+            self._val = []
 
         def training_step(self, batch, batch_idx):
             x, y = batch
@@ -220,18 +216,7 @@ def _tuner_class():
             figures = validation_figures(torch.cat(self._val).numpy(), self.val_ids, self.cfg.far)
             self._val.clear()
             self.log("val_score", figures["val_score"])
-            row = {"epoch": int(self.current_epoch), **{k: round(v, 6) for k, v in figures.items()}}
-            if self._train_n:
-                row["train_loss"] = round(self._train_sum / self._train_n, 6)
-            self.curves = [r for r in self.curves if r["epoch"] != row["epoch"]] + [row]
-            if self.progress:
-                self.progress(row["epoch"] + 1)
-
-        def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-            checkpoint["curves"] = list(self.curves)
-
-        def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-            self.curves = list(checkpoint.get("curves", []))
+            self.record_epoch({k: round(v, 6) for k, v in figures.items()})
 
         def configure_optimizers(self):
             return torch.optim.Adam([{"params": self.tail.parameters(), "lr": self.cfg.lr},
@@ -283,7 +268,7 @@ def train_face(dataset: FaceDataset, cfg: FaceTrainConfig = FaceTrainConfig(),
     ``progress(stage, done, total)`` reports "features" (photos) and "train" (epochs).
     ``feature_cache``: the folder of frozen-part outputs shared across trainings (default
     ``ckpt_dir/features``, this training's own)."""
-    pl = _lightning()
+    pl = lightning_pytorch()
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     torch.set_num_threads(cfg.num_threads)
@@ -341,14 +326,14 @@ def train_face(dataset: FaceDataset, cfg: FaceTrainConfig = FaceTrainConfig(),
                                                save_top_k=1, auto_insert_metric_name=False)
         stop_cb = pl.callbacks.EarlyStopping(monitor="val_score", mode="max", patience=cfg.patience)
         trainer = pl.Trainer(max_epochs=cfg.max_epochs, accelerator="cpu", devices=1, logger=False,
-                             callbacks=[best_cb, stop_cb, _latest_checkpoint(ckpt_dir), *callbacks],
+                             callbacks=[best_cb, stop_cb, latest_checkpoint(ckpt_dir), *callbacks],
                              enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(ckpt_dir),
                              deterministic=True, num_sanity_val_steps=0, log_every_n_steps=1)
         ckpt_path = None
         if last.exists():
             ckpt_path = str(last)
             resumed_from = int(torch.load(last, map_location="cpu", weights_only=False).get("epoch", 0))
-        with _quiet():
+        with quiet_training():
             trainer.fit(module, _loader(x_train, y_train, cfg.batch_size, True, cfg.seed),
                         _loader(x_val, np.zeros(len(x_val), np.int64), 256, False, cfg.seed), ckpt_path=ckpt_path)
         best_path = Path(best_cb.best_model_path or last)

@@ -66,7 +66,7 @@ from gymops.settings import quiet_tools
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
-def _lightning():
+def lightning_pytorch():
     quiet_tools()
     import lightning.pytorch as pl
 
@@ -75,10 +75,42 @@ def _lightning():
     return pl
 
 
-def _classifier_class():
-    pl = _lightning()
+class EpochCurves:
+    """Per-epoch curves of a LightningModule (listed before it in the bases), kept in its
+    checkpoints so a resumed run keeps its history. The module sums ``_train_sum``/``_train_n`` in
+    its training steps and calls ``record_epoch`` with its validation figures."""
 
-    class LaundryClassifier(pl.LightningModule):
+    curves: list[dict[str, float]]
+    progress: Callable[[int], None] | None
+    _train_sum: float
+    _train_n: int
+
+    def start_curves(self) -> None:
+        self.curves, self.progress = [], None
+        self._train_sum, self._train_n = 0.0, 0
+
+    def on_train_epoch_start(self) -> None:
+        self._train_sum, self._train_n = 0.0, 0
+
+    def record_epoch(self, figures: dict[str, float]) -> None:
+        row = {"epoch": int(self.current_epoch), **figures}
+        if self._train_n:
+            row["train_loss"] = round(self._train_sum / self._train_n, 6)
+        self.curves = [r for r in self.curves if r["epoch"] != row["epoch"]] + [row]
+        if self.progress:
+            self.progress(row["epoch"] + 1)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["curves"] = list(self.curves)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.curves = list(checkpoint.get("curves", []))
+
+
+def _classifier_class():
+    pl = lightning_pytorch()
+
+    class LaundryClassifier(EpochCurves, pl.LightningModule):
         """Backbone trunk (frozen) + defect head. ``forward`` takes images; the training and
         validation steps take cached trunk feature maps, so only the head's cost is paid per epoch."""
 
@@ -88,17 +120,11 @@ def _classifier_class():
             self.trunk, self.head = trunk, head
             self.lr, self.weight_decay = lr, weight_decay
             self.register_buffer("class_weights", torch.tensor(list(class_weights), dtype=torch.float32))
-            # Per-epoch curves; they travel in checkpoints, so a resumed run keeps its history.
-            self.curves: list[dict[str, float]] = []
-            self.progress: Callable[[int], None] | None = None
-            self._train_sum, self._train_n = 0.0, 0
+            self.start_curves()
             self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
 
         def forward(self, image: torch.Tensor) -> torch.Tensor:
             return torch.softmax(self.head(self.trunk(image)), dim=1)
-
-        def on_train_epoch_start(self) -> None:
-            self._train_sum, self._train_n = 0.0, 0
 
         def training_step(self, batch, batch_idx):
             *maps, y = batch
@@ -123,19 +149,7 @@ def _classifier_class():
             val_acc = (logits.argmax(1) == y).float().mean()
             self.log("val_loss", val_loss)
             self.log("val_accuracy", val_acc)
-            row = {"epoch": int(self.current_epoch), "val_loss": round(float(val_loss), 6),
-                   "val_accuracy": round(float(val_acc), 6)}
-            if self._train_n:
-                row["train_loss"] = round(self._train_sum / self._train_n, 6)
-            self.curves = [r for r in self.curves if r["epoch"] != row["epoch"]] + [row]
-            if self.progress:
-                self.progress(row["epoch"] + 1)
-
-        def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-            checkpoint["curves"] = list(self.curves)
-
-        def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-            self.curves = list(checkpoint.get("curves", []))
+            self.record_epoch({"val_loss": round(float(val_loss), 6), "val_accuracy": round(float(val_acc), 6)})
 
         def configure_optimizers(self):
             return torch.optim.Adam(self.head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -229,7 +243,7 @@ def _loader(maps: Sequence[np.ndarray], y: np.ndarray, batch: int, shuffle: bool
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet_training():
     with warnings.catch_warnings():
         for pattern in (".*does not have many workers.*", ".*number of training batches.*", ".*LeafSpec.*",
                         ".*GPU available but not used.*", ".*TPU available.*", ".*`isinstance.*treespec.*",
@@ -239,12 +253,12 @@ def _quiet():
         yield
 
 
-def _latest_checkpoint(dirpath: Path):
+def latest_checkpoint(dirpath: Path):
     """A ModelCheckpoint that writes last.ckpt after EVERY epoch. ModelCheckpoint's own save_last
     only follows that callback's saves: on the best-val_loss callback, a run whose val_loss had
     stopped improving would resume from its last improvement, not its last epoch. Checkpoint
     callbacks run after the others, in order, so listed last it saves their updated state too."""
-    pl = _lightning()
+    pl = lightning_pytorch()
 
     class LatestCheckpoint(pl.callbacks.ModelCheckpoint):
         @property
@@ -278,7 +292,7 @@ def train(
     ``feature_cache`` is the directory of trunk feature maps shared across trainings (default
     ``ckpt_dir/features``: this training's own).
     """
-    pl = _lightning()
+    pl = lightning_pytorch()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, cfg.num_threads))
@@ -344,7 +358,7 @@ def train(
         stop_cb = pl.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, mode="min")
         trainer = pl.Trainer(
             max_epochs=cfg.max_epochs, accelerator="cpu", devices=1, logger=False,
-            callbacks=[best_cb, periodic_cb, stop_cb, _latest_checkpoint(ckpt_dir), *callbacks], enable_progress_bar=False,
+            callbacks=[best_cb, periodic_cb, stop_cb, latest_checkpoint(ckpt_dir), *callbacks], enable_progress_bar=False,
             enable_model_summary=False, default_root_dir=str(ckpt_dir), deterministic=True,
             num_sanity_val_steps=0, log_every_n_steps=1,
         )
@@ -352,7 +366,7 @@ def train(
         if last.exists():
             ckpt_path = str(last)
             resumed_from = int(torch.load(last, map_location="cpu", weights_only=False).get("epoch", 0))
-        with _quiet():
+        with quiet_training():
             trainer.fit(module, _loader(x_train, y_train, cfg.batch_size, True, cfg.seed),
                         _loader(x_val, y_val, 256, False, cfg.seed), ckpt_path=ckpt_path)
         best_path = Path(best_cb.best_model_path or last)
