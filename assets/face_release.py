@@ -11,6 +11,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.face_training import FaceCheckpointRef, FaceDatasetRef
+from assets.partitions import SINGLE_RUN
 from assets.pictures import picture
 from assets.progress import ProgressLog
 from gymops.face import nightly
@@ -36,7 +37,7 @@ class FaceCandidateRef:
 
 
 @dg.asset(
-    group_name="face", kinds={"onnx"},
+    group_name="face", backfill_policy=SINGLE_RUN, kinds={"onnx"},
     description="The fine-tuned model exported to ONNX (checked against PyTorch) and registered as a face candidate "
                 "(once per artifact). With no active face version yet, the pretrained descriptor is released first "
                 "as 1.0.0, its threshold derived on the holdout: enrolment and the gate need a served version.")
@@ -131,7 +132,7 @@ def face_gate(context: dg.AssetCheckExecutionContext, face: FaceResource, regist
 
 
 @dg.asset(
-    group_name="face", kinds={"triton"},
+    group_name="face", backfill_policy=SINGLE_RUN, kinds={"triton"},
     description="The gated candidate released: every enrolled member re-embedded into its gallery (enrolments "
                 "meanwhile go to both), then the flip: its gallery loaded, Triton's face model swapped (no failed "
                 "request), the pair states and the registry updated, ModelDeployedEvent; the previous pair kept for "

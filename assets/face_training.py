@@ -9,7 +9,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.face import KEY as FACE_SAMPLES, load_nights
-from assets.partitions import PARTITION, RANGE_END, RANGE_START, days_in_range
+from assets.partitions import PARTITION, RANGE_END, RANGE_START, SINGLE_RUN, days_in_range
 from assets.progress import ProgressLog
 from gymops.face import nightly
 from gymops.face.dataset import samples_from_rows
@@ -74,7 +74,7 @@ def window_nights(context, window_days: int) -> list[str]:
 
 
 @dg.asset(
-    deps=[FACE_SAMPLES], group_name="face", kinds={"numpy"},
+    deps=[FACE_SAMPLES], group_name="face", backfill_policy=SINGLE_RUN, kinds={"numpy"},
     description="The window's face samples (the last settings.face.window_days nights): photos fetched, the frozen "
                 "identity holdout updated first (identities held out by a seeded hash, never trained on), the rest "
                 "split by identity into train and validation.")
@@ -109,7 +109,7 @@ def face_dataset(context: dg.AssetExecutionContext, config: FaceDatasetConfig, f
 
 
 @dg.asset(
-    group_name="face", kinds={"pytorch", "lightning"},
+    group_name="face", backfill_policy=SINGLE_RUN, kinds={"pytorch", "lightning"},
     description="dlib's face descriptor with its last (256-channel) stage and projection fine-tuned by PyTorch "
                 "Lightning (CosFace on the training identities; the frozen part's maps cached by photo content); "
                 "the epoch with the best validation TAR kept; checkpoints per dataset and config, resumable.")

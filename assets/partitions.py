@@ -8,6 +8,10 @@ GYM_TIMEZONE = "Asia/Seoul"
 # The tags of a single-run backfill / a run over a range of partitions (the sensor's, the launchers').
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 PARTITION = "dagster/partition"  # the tag of a run of one partition (the face schedule's runs)
+# On the unpartitioned assets downstream of a partitioned one: `dagster asset materialize
+# --partition-range` refuses a selection unless EVERY selected asset has this policy (dagster/_cli/
+# asset.py), partitioned or not; on an unpartitioned asset it changes nothing else.
+SINGLE_RUN = dg.BackfillPolicy.single_run()
 
 
 def confirmation_days(start: str) -> dg.DailyPartitionsDefinition:

@@ -2,13 +2,12 @@
 with the reason when one is down; in CI (CI=true) a missing service is a failure, not a skip."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import uuid
 
 import pytest
 
-from fixtures import GOLDEN, DeployEnv, free_port, require_services, require_triton, tiny_onnx
+from fixtures import GOLDEN, DeployEnv, drop_services, free_port, require_services, require_triton, tiny_onnx
 from gymops.processes import start, stop, wait_http
 from gymops.settings import Settings
 
@@ -36,35 +35,7 @@ def services(tmp_path_factory):
                              batch_wait_ms=50, s3_endpoint=f"http://127.0.0.1:{free_port()}")
     feature_store.apply(settings)
     yield settings
-    _drop_services(settings)
-
-
-def _drop_services(settings) -> None:
-    import pika
-    import psycopg
-
-    from gymops.ingest.broker import parameters
-
-    with contextlib.suppress(Exception):
-        conn = pika.BlockingConnection(parameters(settings))
-        channel = conn.channel()
-        channel.queue_delete(settings.rabbitmq_queue)
-        channel.exchange_delete(settings.rabbitmq_queue)
-        conn.close()
-    with contextlib.suppress(Exception):
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=6379)
-        for key in client.scan_iter(count=1000):
-            if settings.feast_project.encode() in key:
-                client.delete(key)
-    from gymops.db import _engine
-
-    with contextlib.suppress(Exception):
-        _engine(settings.database_url).dispose()
-    with contextlib.suppress(Exception):
-        with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{settings.pg_database}" WITH (FORCE)')
+    drop_services(settings)
 
 
 @pytest.fixture(params=["embedded", "services"])

@@ -2,6 +2,7 @@
 real services' reachability, free ports, a valid event, and the in-process pipeline runs."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -52,6 +53,64 @@ def require_services() -> None:
     if IN_CI:
         pytest.fail(message + " (CI must run the service tests; .ci/run starts them)")
     pytest.skip(message + "; start them to run the services profile tests")
+
+
+def drop_services(settings) -> None:
+    """Deletes what a services profile of its own left: its queue, Redis keys and database."""
+    import pika
+    import psycopg
+
+    from gymops.ingest.broker import parameters
+
+    with contextlib.suppress(Exception):
+        conn = pika.BlockingConnection(parameters(settings))
+        channel = conn.channel()
+        channel.queue_delete(settings.rabbitmq_queue)
+        channel.exchange_delete(settings.rabbitmq_queue)
+        conn.close()
+    with contextlib.suppress(Exception):
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=6379)
+        for key in client.scan_iter(count=1000):
+            if settings.feast_project.encode() in key:
+                client.delete(key)
+    with contextlib.suppress(Exception):
+        _engine(settings.database_url).dispose()
+    with contextlib.suppress(Exception):
+        with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{settings.pg_database}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def services_of_its_own(home: Path, **fields):
+    """An applied services profile on a database, Feast project and queue of its own, with its own S3
+    server as the photo store: for a module that reads whole tables (galleries, the registry) and
+    stores photos, which the session's shared ``services`` fixture has neither room nor a store for."""
+    from gymops.history import feature_store
+    from gymops.settings import Settings
+    from gymops.storage import s3server
+    from gymops.storage.photos import photo_store_for
+
+    require_services()
+    try:
+        s3server.weed_binary()
+    except s3server.S3ServerError as exc:
+        skip_or_fail(str(exc))
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings(profile="services", home=home, pg_database=f"gymops_test_{tag}",
+                        feast_project=f"gymops_test_{tag}", rabbitmq_queue=f"gymops.test.{tag}",
+                        ingest_token="test-token-" + tag, batch_wait_ms=50,
+                        s3_endpoint=f"http://127.0.0.1:{free_port()}", **fields)
+    home.mkdir(parents=True, exist_ok=True)
+    server = s3server.start(settings, home / "s3")
+    try:
+        photo_store_for(settings).ensure_bucket()
+        feature_store.apply(settings)
+        yield settings
+    finally:
+        s3server.stop(server)
+        drop_services(settings)
 
 
 def skip_or_fail(reason: str) -> None:

@@ -1,6 +1,8 @@
 """The nightly face batch as Dagster runs it (job face_nightly): real Feast history of simulated
 enrolments and entries, the photo store, a tiny fine-tune, the blocking face gate, the registry and
-outbox, galleries, and a real Triton serving the public name "face" (embedded profile).
+outbox, galleries, and a real Triton serving the public name "face", on both profiles (services: the
+history in PostgreSQL's offline store and Redis, photos in an S3 server, registry and galleries in
+PostgreSQL).
 
 SYNTHETIC faces (gymops/simulator/faces.py) and a TINY configuration: 44 users, ~260 entries over two
 gym nights, 3 epochs, a holdout of 30% of the identities judged at FAR 1e-2 with a 0.5 margin
@@ -8,6 +10,7 @@ gym nights, 3 epochs, a holdout of 30% of the identities judged at FAR 1e-2 with
 Triton missing: skipped outside CI, a failure in CI."""
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -15,7 +18,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import pytest
 
-from fixtures import face_serving_settings, require_face_weights, require_triton
+from fixtures import face_serving_settings, require_face_weights, require_triton, services_of_its_own
 from gymops.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -36,17 +39,25 @@ def ingest_face_nights(settings, first_night, seed: int = 11) -> None:
     assert report.dead_lettered == 0, report.outcomes[:3]
 
 
-@pytest.fixture(scope="module")
-def face_env(tmp_path_factory):
+@pytest.fixture(scope="module", params=["embedded", "services"])
+def face_env(request, tmp_path_factory):
+    require_face_weights(ASSETS)
+    require_triton()
+    root = tmp_path_factory.mktemp(f"face-pipeline-{request.param}")
+    with contextlib.ExitStack() as stack:
+        if request.param == "services":
+            base = stack.enter_context(services_of_its_own(root / "home"))
+        else:
+            base = Settings(profile="embedded", home=root / "home", ingest_token="t")
+        yield from _face_env(base, root, tmp_path_factory)
+
+
+def _face_env(base, root, tmp_path_factory):
     from gymops.history import feature_store
     from gymops.serving.control import ModelControl
     from gymops.serving.server import TritonServer
 
-    require_face_weights(ASSETS)
-    require_triton()
-    root = tmp_path_factory.mktemp("face-pipeline")
-    settings = face_serving_settings(Settings(profile="embedded", home=root / "home", ingest_token="t"), root)
-    settings = settings.replace(face={"gate_far": 1e-2, "gate_margin": 0.5})
+    settings = face_serving_settings(base, root).replace(face={"gate_far": 1e-2, "gate_margin": 0.5})
     settings.home.mkdir(parents=True, exist_ok=True)
     # the step rebuilds its settings without secrets (Settings.from_dict): the token comes from the file
     (settings.home / "deploy.token").write_text(settings.serving.deploy_token + "\n")
@@ -181,3 +192,43 @@ def test_the_rollback_job_restores_the_previous_pair(face_env):
     assert versions["1.1.0"] == "active" and versions["1.2.0"] == "rolled_back"
     assert pairs["1.1.0"] == "active" and pairs["1.2.0"] == "previous"
     assert control.served_versions("face") == [2]
+
+
+def test_a_backfill_from_the_command_line_trains_gates_and_swaps(face_env, tmp_path):
+    """README's command: `dagster asset materialize -m definitions --select 'face_samples_daily*'
+    --partition-range A...B`, in a process of its own that reads its settings from GYMOPS_*: one run
+    over both nights through training, the blocking gate and the release (another training config
+    than the earlier backfill, so a new artifact and version)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from gymops.settings import PROJECT_ROOT
+
+    settings, _, nights, control = face_env
+    before, _, _ = release_state(settings)
+    config = face_run_config_cli()
+    (tmp_path / "dagster").mkdir()
+    env = {**os.environ, **settings.environment(), "DAGSTER_HOME": str(tmp_path / "dagster")}
+    dagster = Path(sys.executable).with_name("dagster")
+    proc = subprocess.run([str(dagster), "asset", "materialize", "-m", "definitions", "--select", "face_samples_daily*",
+                           "--partition-range", f"{nights[0]}...{nights[1]}", "--config-json", json.dumps(config)],
+                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "RUN_SUCCESS" in proc.stdout + proc.stderr
+    versions, pairs, _ = release_state(settings)
+    assert len(set(versions) - set(before)) == 1, (versions, (proc.stdout + proc.stderr)[-3000:])
+    [new] = set(versions) - set(before)
+    assert versions[new] == "active" and pairs[new] == "active"
+    assert [v for v, s in versions.items() if s == "retired" and before.get(v) == "active"]
+    from gymops.db import engine_for
+    from gymops.lifecycle.registry import ModelRegistry
+
+    assert control.served_versions("face") == [ModelRegistry(engine_for(settings)).get("face", new).triton_version]
+
+
+def face_run_config_cli():
+    from assets.jobs import face_run_config
+
+    return face_run_config({"holdout_fraction": 0.3}, {"max_epochs": 2, "batch_size": 16, "patience": 3})
