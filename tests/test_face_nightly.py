@@ -2,7 +2,8 @@
 real Triton serving the public name "face": the first version (the pretrained descriptor, its
 threshold derived on the holdout) served; members enrolled and verified; a night's batch (dataset,
 tiny fine-tune, registration, gate against the active version) deployed by re-index and flip while
-entry clients verify through Triton; a rollback; a failed gate; a killed re-index.
+entry clients verify through Triton; a rollback; a failed gate; a re-index interrupted in-process and
+one whose process is SIGKILLed.
 
 SYNTHETIC faces (gymops/simulator/faces.py) and a TINY configuration (40 identities x 4 photos, 3
 epochs, FAR 1e-2 with a 0.5 margin: the ~12 held-out identities resolve FAR 1e-2, not the design's
@@ -234,9 +235,9 @@ def test_rollback_restores_the_previous_model_and_gallery_pair(env, night):
         env.release.rollback()  # 1.1.0 was rolled back: nothing retired is left to go to
 
 
-def _register_changed(env, ds, name: str, blind: bool = False):
+def _register_changed(env, ds, name: str, blind: bool = False, seed: int = 1):
     """A candidate whose last layer is changed: ``blind`` reads only 16 of its 256 features (clearly
-    worse: tests/test_face_gates.py), else a little noise (about as good)."""
+    worse: tests/test_face_gates.py), else a little noise (about as good; ``seed`` draws it)."""
     import torch
 
     from gymops.face.model import export_onnx, load_pretrained
@@ -246,7 +247,7 @@ def _register_changed(env, ds, name: str, blind: bool = False):
         if blind:
             model.fc.weight[:, 16:] = 0
         else:
-            model.fc.weight.add_(torch.randn(model.fc.weight.shape, generator=torch.Generator().manual_seed(1)) * 0.01)
+            model.fc.weight.add_(torch.randn(model.fc.weight.shape, generator=torch.Generator().manual_seed(seed)) * 0.01)
     onnx = export_onnx(model, env.paths.root / "face" / "models" / f"{name}.onnx")
     mv = env.registry.register_candidate(FACE, "dlib-resnet-128", {"source": name}, ds.dataset_id, name, str(onnx))
     return mv, model
@@ -305,6 +306,66 @@ def test_a_killed_reindex_leaves_the_active_pair_serving_and_resumes(env, night)
     assert env.registry.get(FACE, "1.1.0").status == "archived" and env.registry.get(FACE, "1.0.0").status == "retired"
     assert not restarted.folder("1.1.0").exists() and restarted.folders.archived(2).is_dir()
     assert restarted.folder("1.0.0").is_dir()
+
+
+def test_a_reindex_process_killed_with_sigkill_leaves_the_active_pair_serving(env, night, tmp_path):
+    """The deploy runs in a process of its own (tests/face_deploy_child.py) and is SIGKILLed between
+    two re-index chunks, while entry clients verify in this process and through another Access
+    service's matcher: none fails, the killed process's half-filled candidate gallery is never
+    compared with, and a restarted release resumes it and swaps."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from face_deploy_child import photo_file
+    from gymops.settings import PROJECT_ROOT
+
+    _, ds, _, members = night
+    active = env.registry.active(FACE)
+    mv, _ = _register_changed(env, ds, "noisy-killed", seed=2)
+    assert mv.version != active.version and mv.status == "candidate"
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for url, blob in env.photos.items():
+        photo_file(photos, url).write_bytes(blob)
+    progress = tmp_path / "fetched.txt"
+    ss = env.settings.serving
+    spec = {"database_url": str(env.engine.url), "grpc_url": env.server.grpc_url, "token": ss.deploy_token,
+            "header": ss.deploy_header, "repository": str(ss.repository), "archive_dir": str(ss.triton_home / "archive"),
+            "version": mv.version, "threshold": 0.95, "photos": str(photos), "progress": str(progress),
+            "fetch_delay_s": 0.2, "batch_size": 4}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    elsewhere = FaceMatcher(TritonEmbedder(env.server.grpc_url), loader=gallery_loader(env.store))
+    with Traffic(env, [env.release.pairs.matcher, elsewhere], members) as traffic:
+        child = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "tests" / "face_deploy_child.py"),
+                                  str(tmp_path / "spec.json")], cwd=PROJECT_ROOT)
+        try:
+            deadline = time.monotonic() + 120
+            while (not progress.exists() or len(progress.read_text().splitlines()) < 9) and child.poll() is None:
+                assert time.monotonic() < deadline, "the child never reached its third re-index chunk"
+                time.sleep(0.02)
+            os.kill(child.pid, signal.SIGKILL)  # two chunks of 4 written, the third being fetched
+        finally:
+            child.wait(30)
+        assert child.returncode == -signal.SIGKILL
+        threading.Event().wait(1.0)
+    assert traffic.failures == [] and all(ok for _, ok in traffic.answers)
+    assert {v for v, _ in traffic.answers} == {active.version}
+    assert env.release.pairs.matcher.cross_version == 0 and elsewhere.cross_version == 0
+    assert env.served() == [active.triton_version] and env.registry.active(FACE) == active
+    assert env.release.pairs.states()[mv.version].state == "indexing"
+    written = env.release.pairs.store.counts()[mv.version]
+    assert 8 <= written < len(members)
+    restarted = env.restart()
+    assert restarted.reconcile() == []
+    assert verify_all(env, restarted.pairs.matcher, members) == {active.version}
+    report = restarted.deploy(mv.version, 0.95, env.photos.__getitem__)
+    assert report.reindexed == restarted.pairs.store.counts()[mv.version] - written
+    assert env.registry.active(FACE).version == mv.version and env.served() == [mv.triton_version]
+    assert verify_all(env, restarted.pairs.matcher, members) == {mv.version}
 
 
 def test_first_version_threshold_is_provisional_while_the_holdout_is_small():
