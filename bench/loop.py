@@ -17,7 +17,10 @@ the new champion: its own dataset with a share of the training labels flipped, o
 short, each exported and put through the same accuracy gate; how many would have been deployed.
 
 Keys of loop.json: runs, swapped, new_kind_recall_before, new_kind_recall_after, corrections_used,
-worse_trials, worse_accepted, sensor_to_serving_s (and the details per run).
+worse_trials, worse_accepted, sensor_to_serving_s (and the details per run). loop.png pictures the
+recall of every defect kind (and good-photo accuracy) before and after: the Dagster UI pictures
+champion and challenger per class and on the newest photos, not per kind, since the event contract
+carries no defect kind (a manager's correctionReason is free text).
 """
 from __future__ import annotations
 
@@ -289,6 +292,14 @@ def main(argv=None) -> int:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if done:  # the picture the Dagster UI cannot show: production events carry no defect kind
+        from gymops.ml.plots import class_accuracy
+
+        kinds = [*DEFECT_KINDS, *NEW_DEFECT_KINDS]
+        rows = {label: {**{f"{k}{' (new)' if k in NEW_DEFECT_KINDS else ''}": mean([r[when][k] for r in done])
+                           for k in kinds}, "good": mean([r[when]["good"] for r in done])}
+                for label, when in (("champion (before)", "before"), ("challenger (after one cycle)", "after"))}
+        Path(args.out).with_suffix(".png").write_bytes(class_accuracy(rows))
     print(json.dumps({k: v for k, v in summary.items() if k != "details"}, indent=2, default=str))
     return 0
 
