@@ -30,7 +30,9 @@ def main(argv=None) -> int:
     for seed in [int(x) for x in args.seeds.split(",") if x.strip()]:
         home = Path(tempfile.mkdtemp(prefix="gymops-demo-swaps-"))
         result = home / "result.json"
-        env = {**os.environ, "GYMOPS_HOME": str(home), "GYMOPS_PROFILE": "embedded"}  # a child's own home
+        repository = own_repository(home)
+        env = {**os.environ, "GYMOPS_HOME": str(home), "GYMOPS_PROFILE": "embedded",  # a child's own home
+               "GYMOPS_TRITON_REPOSITORY": str(repository)}
         try:
             command = [sys.executable, "-m", "gymops", "demo", "--seed", str(seed), "--result", str(result)]
             proc = subprocess.run(command + ([] if args.face else ["--no-face"]),
@@ -40,13 +42,33 @@ def main(argv=None) -> int:
         finally:
             shutil.rmtree(home, ignore_errors=True)
         runs.append(outcome)
-        print(f"seed {seed}: {'swapped' if outcome.get('swapped') else 'NOT swapped'}", file=sys.stderr, flush=True)
-    summary = {"benchmark": "demo_swaps", "face_act": args.face, "runs": len(runs), "swapped": sum(1 for r in runs if r.get("swapped")),
-               "failed_requests": sum(r.get("failed", 0) for r in runs), "details": runs}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+        why = "" if outcome.get("swapped") else f" ({json.dumps(outcome.get('gates') or outcome.get('error'))[-600:]})"
+        print(f"seed {seed}: {'swapped' if outcome.get('swapped') else 'NOT swapped'} in {outcome.get('seconds')} s{why}",
+              file=sys.stderr, flush=True)
+        write(args.out, runs, args.face)
+    summary = write(args.out, runs, args.face)
     print(json.dumps({k: v for k, v in summary.items() if k != "details"}))
     return 0 if summary["swapped"] == summary["runs"] else 1
+
+
+def own_repository(home: Path) -> Path:
+    """A child's own Triton model repository: the checkout's model configurations without version
+    folders, so one seed's versions never meet the next seed's registry."""
+    repository = home / "triton_models"
+    for model in ("laundry", "face"):
+        (repository / model).mkdir(parents=True)
+        for name in ("config.pbtxt", "model.py"):
+            shutil.copyfile(ROOT / "triton_models" / model / name, repository / model / name)
+    return repository
+
+
+def write(out: str, runs: list, face: bool) -> dict:
+    """The summary so far (written after every seed: a long run keeps what it measured)."""
+    summary = {"benchmark": "demo_swaps", "face_act": face, "runs": len(runs), "swapped": sum(1 for r in runs if r.get("swapped")),
+               "failed_requests": sum(r.get("failed", 0) for r in runs), "details": runs}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 if __name__ == "__main__":

@@ -257,7 +257,10 @@ def main(argv=None) -> int:
             Path(args.result).write_text(json.dumps({
                 "seed": args.seed, "first": v1.version, "active": after.version, "swapped": after.version != v1.version,
                 "requests": traffic.requests, "failed": traffic.failed, "trigger": request.tags["gymops/trigger"],
-                "seconds": round(time.monotonic() - began, 1)}) + "\n")
+                "gates": {name: {"passed": e.passed, **({"failures": e.metadata["failures"].value}
+                                                        if "failures" in e.metadata else {})}
+                          for name, e in runs.check_results(second).items()},
+                "seconds": round(time.monotonic() - began, 1)}, default=str) + "\n")
     finally:
         if ingest is not None:
             processes.stop(ingest)
