@@ -15,10 +15,12 @@ seconds from the sensor's tick to the new version active in the registry (Triton
 measured by bench/deploy: a few seconds). Then ``--worse`` deliberately worse challengers against
 the new champion: its own dataset with a share of the training labels flipped, or its training cut
 short, each exported and put through the same accuracy gate; how many would have been deployed.
+When the sensor never fires (the first model already catches the new kinds: nothing to correct),
+the worse challengers are judged against the first model instead.
 
 Keys of loop.json: runs, swapped, new_kind_recall_before, new_kind_recall_after, corrections_used,
-worse_trials, worse_accepted, sensor_to_serving_s (and the details per run). loop.png pictures the
-recall of every defect kind (and good-photo accuracy) before and after: the Dagster UI pictures
+worse_trials, worse_accepted, sensor_to_serving_s (and the details per run). When a cycle ran,
+loop.png pictures the recall of every defect kind (and good-photo accuracy) before and after: the Dagster UI pictures
 champion and challenger per class and on the newest photos, not per kind, since the event contract
 carries no defect kind (a manager's correctionReason is free text).
 """
@@ -156,6 +158,9 @@ def one_run(seed: int, args, work: Path) -> dict:
         out.update(live_tasks=tasks, corrections_used=corrections, new_kind_corrections_used=new_kind_corrections)
         if not tick or not tick.run_requests:
             out["error"] = f"the sensor did not fire: {tick.skip_message if tick else ''}"
+            if args.worse:  # the gates are still tried: worse challengers against the first model
+                out["worse_against"] = v1.version
+                out["worse"] = worse_trials(settings, registry, first_run, args.worse, settings.gates)
             return out
         request = tick.run_requests[0]
         out["trigger"] = request.tags["gymops/trigger"]
@@ -176,6 +181,7 @@ def one_run(seed: int, args, work: Path) -> dict:
         out["after"] = recall_by_kind(v2.artifact_uri, unseen)
         out["challenger"] = v2.version
         if args.worse:
+            out["worse_against"] = registry.active(LAUNDRY).version
             out["worse"] = worse_trials(settings, registry, second, args.worse, settings.gates)
     return out
 
@@ -276,6 +282,7 @@ def main(argv=None) -> int:
         "command": "python -m bench.loop " + " ".join(argv if argv is not None else sys.argv[1:]),
         "runs": len(results),
         "swapped": sum(1 for r in results if r.get("swapped")),
+        "sensor_did_not_fire": sum(1 for r in results if "did not fire" in r.get("error", "")),
         "new_kind_recall_before": {k: mean([r["before"][k] for r in done]) for k in NEW_DEFECT_KINDS},
         "new_kind_recall_after": {k: mean([r["after"][k] for r in done]) for k in NEW_DEFECT_KINDS},
         "old_kind_recall_before": {k: mean([r["before"][k] for r in done]) for k in DEFECT_KINDS},
