@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     parser.add_argument("--face", action="store_true", help="keep the demo's face act")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "demo_swaps.json"))
     args = parser.parse_args(argv)
-    runs = []
+    runs: list = []
     for seed in [int(x) for x in args.seeds.split(",") if x.strip()]:
         home = Path(tempfile.mkdtemp(prefix="gymops-demo-swaps-"))
         result = home / "result.json"
@@ -45,8 +45,9 @@ def main(argv=None) -> int:
         why = "" if outcome.get("swapped") else f" ({json.dumps(outcome.get('gates') or outcome.get('error'))[-600:]})"
         print(f"seed {seed}: {'swapped' if outcome.get('swapped') else 'NOT swapped'} in {outcome.get('seconds')} s{why}",
               file=sys.stderr, flush=True)
-        write(args.out, runs, args.face)
-    summary = write(args.out, runs, args.face)
+        summary = write(args.out, runs, args.face)
+    if not runs:
+        summary = write(args.out, runs, args.face)
     print(json.dumps({k: v for k, v in summary.items() if k != "details"}))
     return 0 if summary["swapped"] == summary["runs"] else 1
 

@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 
-from fixtures import GOLDEN, DeployEnv, drop_services, free_port, require_services, require_triton, tiny_onnx
+from fixtures import (GOLDEN, DeployEnv, drop_services, free_port, require_services, require_triton, services_settings,
+                      tiny_onnx)
 from gymops.processes import start, stop, wait_http
 from gymops.settings import Settings
 
@@ -28,11 +29,7 @@ def services(tmp_path_factory):
     require_services()
     from gymops.history import feature_store
 
-    tag = uuid.uuid4().hex[:8]
-    settings = Settings(profile="services", home=tmp_path_factory.mktemp("services"),
-                             pg_database=f"gymops_test_{tag}", feast_project=f"gymops_test_{tag}",
-                             rabbitmq_queue=f"gymops.test.{tag}", ingest_token="test-token-" + tag,
-                             batch_wait_ms=50, s3_endpoint=f"http://127.0.0.1:{free_port()}")
+    settings = services_settings(tmp_path_factory.mktemp("services"))
     feature_store.apply(settings)
     yield settings
     drop_services(settings)

@@ -82,13 +82,23 @@ def drop_services(settings) -> None:
             conn.execute(f'DROP DATABASE IF EXISTS "{settings.pg_database}" WITH (FORCE)')
 
 
+def services_settings(home: Path, **fields):
+    """A services profile on a database, Feast project and queue named by a fresh tag (not applied)."""
+    from gymops.settings import Settings
+
+    tag = uuid.uuid4().hex[:8]
+    return Settings(profile="services", home=home, pg_database=f"gymops_test_{tag}",
+                    feast_project=f"gymops_test_{tag}", rabbitmq_queue=f"gymops.test.{tag}",
+                    ingest_token="test-token-" + tag, batch_wait_ms=50,
+                    s3_endpoint=f"http://127.0.0.1:{free_port()}", **fields)
+
+
 @contextlib.contextmanager
 def services_of_its_own(home: Path, **fields):
     """An applied services profile on a database, Feast project and queue of its own, with its own S3
     server as the photo store: for a module that reads whole tables (galleries, the registry) and
     stores photos, which the session's shared ``services`` fixture has neither room nor a store for."""
     from gymops.history import feature_store
-    from gymops.settings import Settings
     from gymops.storage import s3server
     from gymops.storage.photos import photo_store_for
 
@@ -97,11 +107,7 @@ def services_of_its_own(home: Path, **fields):
         s3server.weed_binary()
     except s3server.S3ServerError as exc:
         skip_or_fail(str(exc))
-    tag = uuid.uuid4().hex[:8]
-    settings = Settings(profile="services", home=home, pg_database=f"gymops_test_{tag}",
-                        feast_project=f"gymops_test_{tag}", rabbitmq_queue=f"gymops.test.{tag}",
-                        ingest_token="test-token-" + tag, batch_wait_ms=50,
-                        s3_endpoint=f"http://127.0.0.1:{free_port()}", **fields)
+    settings = services_settings(home, **fields)
     home.mkdir(parents=True, exist_ok=True)
     server = s3server.start(settings, home / "s3")
     try:

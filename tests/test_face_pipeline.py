@@ -75,10 +75,10 @@ def _face_env(base, root, tmp_path_factory):
         server.stop()
 
 
-def tiny_config():
+def tiny_config(max_epochs: int = 3):
     from assets.jobs import face_run_config
 
-    return face_run_config({"holdout_fraction": 0.3}, {"max_epochs": 3, "batch_size": 16, "patience": 3})
+    return face_run_config({"holdout_fraction": 0.3}, {"max_epochs": max_epochs, "batch_size": 16, "patience": 3})
 
 
 def release_state(settings):
@@ -208,7 +208,7 @@ def test_a_backfill_from_the_command_line_trains_gates_and_swaps(face_env, tmp_p
 
     settings, _, nights, control = face_env
     before, _, _ = release_state(settings)
-    config = face_run_config_cli()
+    config = tiny_config(max_epochs=2)
     (tmp_path / "dagster").mkdir()
     env = {**os.environ, **settings.environment(), "DAGSTER_HOME": str(tmp_path / "dagster")}
     dagster = Path(sys.executable).with_name("dagster")
@@ -227,8 +227,3 @@ def test_a_backfill_from_the_command_line_trains_gates_and_swaps(face_env, tmp_p
 
     assert control.served_versions("face") == [ModelRegistry(engine_for(settings)).get("face", new).triton_version]
 
-
-def face_run_config_cli():
-    from assets.jobs import face_run_config
-
-    return face_run_config({"holdout_fraction": 0.3}, {"max_epochs": 2, "batch_size": 16, "patience": 3})
