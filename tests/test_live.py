@@ -190,14 +190,16 @@ def test_gymops_serving_prometheus_scrapes_triton_and_the_tier_and_stops_its_chi
     thread = threading.Thread(target=lambda: rc.setdefault("rc", args.handler(settings, args)), daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{settings.delivery.prometheus_port}"
-    jobs, deadline = set(), time.monotonic() + 30
-    while not jobs and time.monotonic() < deadline:
+    # Prometheus brings up one scrape pool at a time: wait for both, not the first.
+    jobs, deadline = {}, time.monotonic() + 30
+    while len(jobs) < 2 and time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"{url}/api/v1/targets", timeout=2) as response:
                 body = json.loads(response.read().decode())
             jobs = {t["labels"]["job"]: t["scrapeUrl"] for t in body["data"]["activeTargets"]}
         except OSError:
-            time.sleep(0.3)
+            pass
+        time.sleep(0.2)
     thread.join(40)
     assert rc.get("rc") == 0 and not thread.is_alive()
     assert jobs == {"triton": f"http://127.0.0.1:{settings.serving.metrics_port}/metrics",
