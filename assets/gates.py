@@ -72,7 +72,7 @@ def training_dataset_data_check(context: dg.AssetCheckExecutionContext, registry
 
 @dg.asset_check(asset=candidate_model, blocking=True, description="Validation >= 0.90, holdout >= 0.88, each "
                 "class >= 0.90 (each k of n with its exact interval and pass mark), and better than the active model: "
-                "paired on the current holdout version, non-inferior overall and not worse on the newest photos.")
+                "paired on the current holdout version, non-inferior overall and not significantly worse on the newest photos.")
 def accuracy_gate(context: dg.AssetCheckExecutionContext, pipeline: PipelineStore, registry: RegistryResource,
                   gates: GatesResource, candidate_model: CandidateModel):
     holdout = current_holdout(pipeline.path("holdout"), LAUNDRY)
@@ -84,7 +84,8 @@ def accuracy_gate(context: dg.AssetCheckExecutionContext, pipeline: PipelineStor
                                       judged.champion, gates.settings())
     gate.figures["holdout_version"] = holdout.version
     meta = gate_metadata(gate)
-    meta["gate_plot"] = picture(plots.gate_intervals(gate.figures, gates.settings().noninferiority_margin),
+    meta["gate_plot"] = picture(plots.gate_intervals(gate.figures, gates.settings().noninferiority_margin,
+                                                     gates.settings().decision_alpha),
                                 "each gate's estimate and interval against its threshold")
     if judged.champion is not None:
         meta["champion_vs_challenger_plot"] = picture(plots.class_accuracy(judged.per_group(candidate_model.version)),

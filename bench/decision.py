@@ -29,6 +29,7 @@ SCENARIOS = [
     ("challenger 0.01 better", 0.033, 0.023, 0.033, 0.023),
     ("new kinds: champion misses 12% of the newest, challenger 4%", 0.033, 0.033, 0.12, 0.04),
     ("new kinds learnt, old ones 0.03 forgotten", 0.033, 0.063, 0.12, 0.06),
+    ("the newest forgotten: challenger misses 12% of them, champion 4%", 0.033, 0.033, 0.04, 0.12),
 ]
 
 

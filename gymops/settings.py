@@ -40,8 +40,9 @@ class GateSettings:
     class_accuracy: float = 0.90
     # Champion against challenger, paired on the same holdout photos (lifecycle/gates.py): the
     # challenger may trail the champion overall by less than this, at 95% one-sided confidence
-    # (non-inferiority), and must be at least as accurate on the photos confirmed since the
-    # champion was trained. 0.03: see the README's decision rule (bench/decision.py).
+    # (non-inferiority), and must not be significantly worse (exact p <= decision_alpha) on the
+    # photos confirmed since the champion was trained. 0.03: see the README's decision rule
+    # (bench/decision.py).
     noninferiority_margin: float = 0.03
     # The statistical reading of a threshold (the README's sizing rule): a model ``decision_margin``
     # below a holdout threshold passes with probability <= ``decision_alpha``, and the holdout grows

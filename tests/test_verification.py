@@ -263,15 +263,29 @@ def test_champion_comparison_is_paired_with_a_margin():
     assert accuracy_gate(candidate(), worse, GateSettings(noninferiority_margin=0.04)).passed
     # equal models (4 vs 4 discordant of 300): inside the margin, passes
     assert accuracy_gate(candidate(), compare_with_champion("1.0.0", 2, *_answers(300, 4, 4))).passed
-    # worse on the photos confirmed since the champion was trained: fails even when non-inferior overall
-    a, b = _answers(300, 5, 3)
-    newest = [False] * 5 + [True] * 3 + [True] * 50 + [False] * 242  # the newest 53 hold the champion's 3 wins
+    # significantly worse on the photos confirmed since the champion was trained fails, even when
+    # non-inferior overall: 0 vs 5 discordant there, exact one-sided p = 0.5**5 = 0.031 <= 0.05
+    a, b = _answers(300, 5, 5)
+    newest = [False] * 5 + [True] * 5 + [True] * 50 + [False] * 240  # the newest 55 hold the champion's 5 wins
     nw = compare_with_champion("1.0.0", 2, a, b, newest)
-    assert nw.newest.n == 53 and (nw.newest.challenger_only, nw.newest.champion_only) == (0, 3)
-    assert failed_checks(accuracy_gate(candidate(), nw)) == {"better_than_champion.newest"}
-    # ties on the newest photos pass (a retrain with nothing new to learn is not held back by chance)
+    assert nw.newest.n == 55 and (nw.newest.challenger_only, nw.newest.champion_only) == (0, 5)
+    assert nw.newest.p_worse == pytest.approx(0.5 ** 5)
+    result_newest = accuracy_gate(candidate(), nw)
+    assert failed_checks(result_newest) == {"better_than_champion.newest"}
+    assert "p = 0.0312" in result_newest.failures[0].message
+    # 0 vs 4 is p = 0.0625: not significant, passes; so does 0 vs 1 (one photo decides nothing)
+    for wins in (4, 1):
+        mask = [False] * 5 + [True] * wins + [False] * (5 - wins) + [True] * 50 + [False] * 240
+        few = compare_with_champion("1.0.0", 2, a, b, mask)
+        assert few.newest.champion_only == wins and few.newest.p_worse == pytest.approx(0.5 ** wins)
+        assert accuracy_gate(candidate(), few).passed
+    # ties pass (a retrain with nothing new to learn is not held back by chance)
     tie = compare_with_champion("1.0.0", 2, a, b, [True] * 2 + [False] * 3 + [True] * 2 + [False] * 293)
     assert (tie.newest.challenger_only, tie.newest.champion_only) == (2, 2) and accuracy_gate(candidate(), tie).passed
+    # with alpha 0.10, 0 vs 4 (p = 0.0625) fails
+    assert not accuracy_gate(candidate(), compare_with_champion(
+        "1.0.0", 2, a, b, [False] * 5 + [True] * 4 + [False] + [True] * 50 + [False] * 240),
+        GateSettings(decision_alpha=0.10)).passed
     # the reasons an event carries
     payload = model_verification_failed("laundry", "1.2.0", failures_as_reasons([result]), "run-1")
     [reason] = payload["reasons"]

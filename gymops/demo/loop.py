@@ -227,7 +227,7 @@ def main(argv=None) -> int:
             print(f"   sensor fired: {request.tags['gymops/trigger']} -> run key {request.run_key}")
             step("retraining, gating and hot-swapping under live traffic (Dagster: laundry_retrain); the gates: "
                  "the design's thresholds with their pass marks, and the challenger paired with the champion on the "
-                 "current holdout version (non-inferior overall, not worse on the newest photos)")
+                 "current holdout version (non-inferior overall, not significantly worse on the newest photos)")
             second = runs.run_laundry_training(
                 settings, instance, request.tags[runs.RANGE_START], request.tags[runs.RANGE_END],
                 runs.training_run_config(**DEMO_TRAINING),

@@ -99,6 +99,7 @@ class PairedComparison:
     challenger_only: int  # photos only the challenger gets right
     champion_only: int  # photos only the champion gets right
     p_better: float  # exact one-sided p-value of "the challenger is more accurate"
+    p_worse: float  # exact one-sided p-value of "the challenger is less accurate"
     difference: float  # challenger accuracy - champion accuracy
     ci_low: float  # exact (conditional) interval of that difference
     ci_high: float
@@ -123,10 +124,11 @@ def paired_comparison(challenger_right, champion_right, confidence: float = 0.90
     only_champion = sum(1 for x, y in zip(a, b) if y and not x)
     m = only_challenger + only_champion
     p_better = float(_binom.sf(only_challenger - 1, m, 0.5)) if m else 1.0
+    p_worse = float(_binom.cdf(only_challenger, m, 0.5)) if m else 1.0
     if n == 0:
-        return PairedComparison(0, 0, 0, 1.0, 0.0, -1.0, 1.0, confidence)
+        return PairedComparison(0, 0, 0, 1.0, 1.0, 0.0, -1.0, 1.0, confidence)
     low, high = clopper_pearson(only_challenger, m, confidence) if m else (0.5, 0.5)
-    return PairedComparison(n, only_challenger, only_champion, p_better, (only_challenger - only_champion) / n,
+    return PairedComparison(n, only_challenger, only_champion, p_better, p_worse, (only_challenger - only_champion) / n,
                             (2 * low - 1) * m / n, (2 * high - 1) * m / n, confidence)
 
 
