@@ -6,7 +6,7 @@ embedded profile, measured on fresh simulator photos no run trains, validates or
 
 Per run (a seed each): a week of history (old defect kinds only) -> the first model, trained and
 gated by the production job and made active -> live traffic judged by the active model (its ONNX
-in onnxruntime, as Triton would), in batches, with the simulator's NEW defect kinds (hole, mould)
+in onnxruntime, as Triton would), in batches, with the simulator's NEW defect kinds (pilling, residue)
 from the first batch on, the managers' corrections ingested -> the correction sensor (production
 rule) after each batch -> when it fires: the production training job over its window, the
 production gates, the candidate made active if they pass. Measured: recall of each defect kind and
@@ -155,6 +155,8 @@ def one_run(seed: int, args, work: Path) -> dict:
             tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=build_resources(settings)))
             if tick.run_requests:
                 break
+            if (tick.skip_message or "").startswith("ALARM") and "alarm_after" not in out:
+                out["alarm_after"] = {"live_tasks": tasks, "corrections": corrections, "message": tick.skip_message}
         out.update(live_tasks=tasks, corrections_used=corrections, new_kind_corrections_used=new_kind_corrections)
         if not tick or not tick.run_requests:
             out["error"] = f"the sensor did not fire: {tick.skip_message if tick else ''}"
@@ -261,7 +263,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "loop.json"))
     args = parser.parse_args(argv)
 
-    from gymops.simulator.garments import DEFECT_KINDS, NEW_DEFECT_KINDS
+    from gymops.simulator.garments import DEFECT_KINDS, NEW_DEFECT_KINDS, OTHER_DEFECT_KINDS
 
     results = []
     for r in range(args.runs):
@@ -285,8 +287,8 @@ def main(argv=None) -> int:
         "sensor_did_not_fire": sum(1 for r in results if "did not fire" in r.get("error", "")),
         "new_kind_recall_before": {k: mean([r["before"][k] for r in done]) for k in NEW_DEFECT_KINDS},
         "new_kind_recall_after": {k: mean([r["after"][k] for r in done]) for k in NEW_DEFECT_KINDS},
-        "old_kind_recall_before": {k: mean([r["before"][k] for r in done]) for k in DEFECT_KINDS},
-        "old_kind_recall_after": {k: mean([r["after"][k] for r in done]) for k in DEFECT_KINDS},
+        "old_kind_recall_before": {k: mean([r["before"][k] for r in done]) for k in DEFECT_KINDS + OTHER_DEFECT_KINDS},
+        "old_kind_recall_after": {k: mean([r["after"][k] for r in done]) for k in DEFECT_KINDS + OTHER_DEFECT_KINDS},
         "good_accuracy_before": mean([r["before"]["good"] for r in done]),
         "good_accuracy_after": mean([r["after"]["good"] for r in done]),
         "corrections_used": {"all": mean([r.get("corrections_used") for r in done]),
@@ -302,7 +304,7 @@ def main(argv=None) -> int:
     if done:  # the picture the Dagster UI cannot show: production events carry no defect kind
         from gymops.ml.plots import class_accuracy
 
-        kinds = [*DEFECT_KINDS, *NEW_DEFECT_KINDS]
+        kinds = [*DEFECT_KINDS, *OTHER_DEFECT_KINDS, *NEW_DEFECT_KINDS]
         rows = {label: {**{f"{k}{' (new)' if k in NEW_DEFECT_KINDS else ''}": mean([r[when][k] for r in done])
                            for k in kinds}, "good": mean([r[when]["good"] for r in done])}
                 for label, when in (("champion (before)", "before"), ("challenger (after one cycle)", "after"))}

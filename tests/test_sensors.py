@@ -156,13 +156,18 @@ def test_a_rejected_candidate_does_not_reset_the_count(sensor_env):
 
 
 def test_a_correction_rate_above_the_promise_is_urgent(sensor_env):
-    """16 corrections in 40 verdicts of the served version (40%, it promised 3%): urgent long
-    before 100 corrections or a week; 2 in 100 (as promised) is not."""
+    """16 corrections in 40 verdicts of the served version (40%, it promised 3%): the alarm is
+    raised at once, and the retrain launches as soon as 100 corrections are there to learn from,
+    a day after the served model's training instead of a week; 2 in 100 (as promised) is no alarm."""
     served = register_training(sensor_env, days_ago=1, holdout_accuracy=0.97)
     ingest_verdicts(sensor_env, served.version, [False] * 49 + [True] + [False] * 49 + [True])
     result, _ = evaluate(sensor_env)
     assert not result.run_requests and "as promised" in result.skip_message, result.skip_message
     ingest_verdicts(sensor_env, served.version, [i % 5 in (0, 3) for i in range(40)], after=100)
+    result, _ = evaluate(sensor_env)
+    assert not result.run_requests and result.skip_message.startswith("ALARM: 18 of 140 verdicts"), result.skip_message
+    assert "waits for 100 corrections to learn from (18 since" in result.skip_message
+    ingest_verdicts(sensor_env, served.version, [True] * 82, after=140)
     result, _ = evaluate(sensor_env)
     [request] = result.run_requests
     assert request.tags["gymops/trigger"].startswith("urgent:") and "SPRT" in request.tags["gymops/trigger"]
@@ -179,14 +184,19 @@ def test_the_window_reaches_back_window_days(sensor_env):
     assert (datetime.fromisoformat(end) - datetime.fromisoformat(start)).days == 30
 
 
-def test_a_rate_alarm_is_urgent_whatever_the_count():
+def test_a_rate_alarm_waives_the_week_not_the_corrections_to_learn_from():
     from gymops.lifecycle.retraining import correction_rate
 
     alarm = correction_rate([True] * 5, 0.03, POLICY)
-    decision = decide(5, NOW - timedelta(hours=2), NOW, POLICY, alarm)
+    # 5 corrections: the alarm is raised, the retrain waits for min_corrections (100) to learn from
+    waiting = decide(5, NOW - timedelta(hours=2), NOW, POLICY, alarm)
+    assert not waiting.retrain and waiting.reason.startswith("ALARM: 5 of 5 verdicts")
+    assert "waits for 100 corrections" in waiting.reason and "(5 since" in waiting.reason
+    # 100 after two hours: urgent, where the count rule alone would wait the week
+    decision = decide(100, NOW - timedelta(hours=2), NOW, POLICY, alarm)
     assert decision.retrain and decision.reason.startswith("urgent: 5 of 5 verdicts")
     calm = correction_rate([False] * 30, 0.03, POLICY)
-    assert not decide(5, NOW - timedelta(hours=2), NOW, POLICY, calm).retrain
+    assert not decide(100, NOW - timedelta(hours=2), NOW, POLICY, calm).retrain
 
 
 def test_correction_rate_against_known_cases():

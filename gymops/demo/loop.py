@@ -141,6 +141,7 @@ def main(argv=None) -> int:
     from resources import build_resources
     from gymops.simulator.send import HttpSender
     from gymops.simulator.traffic import TrafficConfig, generate
+    from gymops.simulator.garments import NEW_DEFECT_KINDS
 
     began = time.monotonic()
     # Settings are built here once and handed to every job, the sensor and the child processes;
@@ -193,7 +194,7 @@ def main(argv=None) -> int:
         with LiveTraffic(ss.grpc_url, ss.http_url, photos) as traffic:
             step(f"live traffic on {v1.version}; new tasks judged by the served model, confirmed or corrected "
                  f"by branch managers, {args.live_tasks} at a time, with two defect kinds {v1.version} never saw "
-                 "(hole, mould), until the correction sensor fires")
+                 f"({', '.join(NEW_DEFECT_KINDS)}), until the correction sensor fires")
             client = LaundryClient(ss.grpc_url, "grpc")
             sender = HttpSender(base, ingest_settings.ingest_token)
             sensor = build_definitions(settings).get_sensor_def("laundry_corrections_sensor")

@@ -42,6 +42,8 @@ _REASONS = {
     "discolouration": ["변색됨", "표백 얼룩으로 색이 바램", "Faded, bleached patch", "Discoloured after washing"],
     "hole": ["구멍이 뚫려 있음", "천에 동그란 구멍", "Hole punched through the fabric", "Round hole, the table shows through"],
     "mould": ["곰팡이 반점", "검은 곰팡이 얼룩", "Mould spots", "Mildew speckles, smells damp"],
+    "pilling": ["보풀이 심하게 일어남", "보풀 뭉침", "Pilling all over the front", "Fuzz balls on the fabric"],
+    "residue": ["세제 잔여물 자국", "하얀 줄무늬 얼룩", "Detergent residue streaks", "White streaks after washing"],
     GOOD: ["이상 없음, 정상 세탁 확인", "그림자를 얼룩으로 오인", "No defect; a shadow was read as a stain", "Clean, print mistaken for damage"],
 }
 
