@@ -57,7 +57,7 @@ def reconstructable_job(name: str, settings: Settings) -> dg.ReconstructableJob:
                                         reconstructable_kwargs={"name": name, "settings": settings.to_dict()})
 
 
-def training_run_config(copies: int = 5, max_epochs: int = 50, lr: float = 1e-3, max_retries: int = 3,
+def training_run_config(copies: int = 2, max_epochs: int = 50, lr: float = 1e-3, max_retries: int = 3,
                         holdout_min_per_class: int = 10, **training) -> dict:
     return {"ops": {
         "training_dataset": {"config": {"copies": copies, "holdout_min_per_class": holdout_min_per_class}},

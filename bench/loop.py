@@ -182,6 +182,9 @@ def one_run(seed: int, args, work: Path) -> dict:
             out["sensor_to_serving_s"] = round(time.perf_counter() - t0, 1)
         out["after"] = recall_by_kind(v2.artifact_uri, unseen)
         out["challenger"] = v2.version
+        print(json.dumps({k: out.get(k) for k in ("trigger", "alarm_after", "swapped", "sensor_to_serving_s",
+                                                  "corrections_used", "new_kind_corrections_used", "before", "after")},
+                         default=str), file=sys.stderr, flush=True)  # the cycle's figures, before the long trials
         if args.worse:
             out["worse_against"] = registry.active(LAUNDRY).version
             out["worse"] = worse_trials(settings, registry, second, args.worse, settings.gates)
@@ -191,7 +194,8 @@ def one_run(seed: int, args, work: Path) -> dict:
 def worse_trials(settings, registry, run, n: int, gates) -> list[dict]:
     """Deliberately worse challengers against the active model: the run's own dataset with a share
     of the training labels flipped (by task), or its training cut short; each exported and judged
-    by the same accuracy gate on the current holdout. Features are reused from the run's training."""
+    by the same accuracy gate on the current holdout. Trunk features come from the run's feature
+    cache (the images did not change)."""
     import numpy as np
 
     from assets import jobs as runs
@@ -205,7 +209,6 @@ def worse_trials(settings, registry, run, n: int, gates) -> list[dict]:
     dataset_id = runs.metadata(run, "training_dataset")["dataset_id"]
     pipeline = settings.pipeline_root
     manifest = DatasetManifest.load(pipeline / "datasets" / dataset_id)
-    base_ckpt = next((pipeline / "checkpoints").glob(f"{dataset_id}-*"))
     holdout = current_holdout(pipeline / "holdout", LAUNDRY)
     trials = []
     for i, (kind, value) in enumerate(WORSE[:n]):
@@ -213,8 +216,6 @@ def worse_trials(settings, registry, run, n: int, gates) -> list[dict]:
         shutil.copytree(manifest.path, folder / "dataset", dirs_exist_ok=True)
         ckpt = folder / "ckpt"
         ckpt.mkdir(parents=True, exist_ok=True)
-        for cached in base_ckpt.glob("features-*.npy"):  # the trunk's features: the images did not change
-            shutil.copy(cached, ckpt / cached.name)
         cfg = TrainConfig(seed=i)
         if kind == "flip":
             labels = manifest.labels("train").copy()
@@ -228,7 +229,7 @@ def worse_trials(settings, registry, run, n: int, gates) -> list[dict]:
             epochs, lr = value
             cfg = TrainConfig(seed=i, max_epochs=epochs, lr=lr, patience=epochs)
         trial_manifest = DatasetManifest.load(folder / "dataset")
-        result = train(trial_manifest, cfg, ckpt)
+        result = train(trial_manifest, cfg, ckpt, feature_cache=pipeline / "features")  # the run's trunk features
         onnx = folder / "model.onnx"
         export_onnx(result.model, onnx, trial_manifest.size, samples=trial_manifest.images("val")[:8])
         judged = judge_on_holdout(onnx, holdout, registry)

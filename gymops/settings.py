@@ -65,7 +65,8 @@ class RetrainSettings:
     min_days: float = 7.0
     urgent_corrections: int = 300
     # Urgent as well: the served version's correction rate is significantly above its expected
-    # error (1 - its holdout accuracy), by a repeated Wald SPRT against this error rate (retraining.py).
+    # error (1 - its holdout accuracy), by a repeated Wald SPRT against this error rate
+    # (retraining.py); the alarm waives min_days, not min_corrections (the examples to learn from).
     urgent_error_rate: float = 0.15
     # After a launch that did not replace the served model (a rejected candidate), another launch
     # needs this many new corrections: the count keeps running from the served model's data, this

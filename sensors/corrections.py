@@ -58,8 +58,9 @@ def build_laundry_corrections_sensor(job, confirmation_days: dg.PartitionsDefini
                default_status=dg.DefaultSensorStatus.RUNNING,
                description="Retrain the laundry model when enough corrections arrived since the served model "
                            "was trained and enough days have passed, or the urgent threshold is reached, or its "
-                           "correction rate is significantly above its promise (SPRT) (resource `retrain`; "
-                           "defaults 100 and 7 days, or 300, or 15% errors).")
+                           "correction rate is significantly above its promise (SPRT; the alarm waives the days, "
+                           "not the corrections to learn from) (resource `retrain`; defaults 100 and 7 days, or "
+                           "300, or 15% errors).")
     def laundry_corrections_sensor(context, feast: FeastResource, registry: RegistryResource,
                                    retrain: RetrainResource):
         return laundry_corrections_sensor_fn(context, first_day, feast, registry, retrain)

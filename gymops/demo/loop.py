@@ -33,11 +33,6 @@ from pathlib import Path
 # below its promise (4.2%), although live traffic brings two defect kinds it never saw (hole,
 # mould): it catches most of them, so the SPRT rightly stays quiet.
 DEMO_RETRAIN = {"min_corrections": 15, "urgent_corrections": 15}
-# Training images per task: the photo and ONE augmented copy (production: 5). Trunk features are
-# cached across trainings, but live traffic's photos are new to the trunk (~15 images/s on 2 cores
-# beside Triton): with 5 copies the retrain's window (~12,000 images) took ~13 minutes of trunk
-# time alone.
-DEMO_TRAINING = {"copies": 2}
 MAX_LIVE_BATCHES = 4  # of --live-tasks each, until the sensor fires
 HISTORY_TASKS = 800  # a first history whose holdout reaches the sizing rule's ~134 photos per class (0.3 defective)
 
@@ -172,7 +167,7 @@ def main(argv=None) -> int:
         if before is None:
             step("training the first laundry model from the simulator's history (Dagster: laundry_retrain)")
             first = runs.run_laundry_training(
-                settings, instance, first_day, today.isoformat(), runs.training_run_config(**DEMO_TRAINING),
+                settings, instance, first_day, today.isoformat(), runs.training_run_config(),
                 deploy=True, tags={"gymops/trigger": "demo: first model"})
             report_run(first, "first model")
             if not first.success:
@@ -231,7 +226,7 @@ def main(argv=None) -> int:
                  "current holdout version (non-inferior overall, not significantly worse on the newest photos)")
             second = runs.run_laundry_training(
                 settings, instance, request.tags[runs.RANGE_START], request.tags[runs.RANGE_END],
-                runs.training_run_config(**DEMO_TRAINING),
+                runs.training_run_config(),
                 deploy=True, tags={"dagster/run_key": request.run_key, "gymops/trigger": request.tags["gymops/trigger"]})
             report_run(second, "retrained model")
             time.sleep(1.0)
