@@ -28,10 +28,11 @@ from pathlib import Path
 # The demo runs the production GATES: the design's thresholds with the README's decision rule (no
 # demo-only margin, no demo-only holdout size: the holdout follows the sizing rule). Its TRIGGER is
 # lowered, and says so: the production rule (100 corrections and 7 days, or 300, or a correction
-# rate significantly above the served model's promise) cannot fire within minutes when the first
-# model is good. Measured in a make demo run: 1.0.0 was corrected on 2.7% of 2,000 live verdicts,
-# below its promise (4.2%), although live traffic brings two defect kinds it never saw (hole,
-# mould): it catches most of them, so the SPRT rightly stays quiet.
+# rate significantly above the served model's promise with 100 corrections to learn from) would
+# need about two of the demo's live batches. Live traffic brings two defect kinds 1.0.0 never saw
+# (pilling, residue); it misses most of them, so the SPRT alarms in the first batch (bench/demo_swaps,
+# seed 1: 55 of 500 verdicts corrected, 11.0% against the 3.5% it promised) and the demo retrains
+# on those 55 corrections at once.
 DEMO_RETRAIN = {"min_corrections": 15, "urgent_corrections": 15}
 MAX_LIVE_BATCHES = 4  # of --live-tasks each, until the sensor fires
 HISTORY_TASKS = 800  # a first history whose holdout reaches the sizing rule's ~134 photos per class (0.3 defective)
