@@ -84,8 +84,7 @@ def accuracy_gate(context: dg.AssetCheckExecutionContext, pipeline: PipelineStor
                                       judged.champion, gates.settings())
     gate.figures["holdout_version"] = holdout.version
     meta = gate_metadata(gate)
-    meta["gate_plot"] = picture(plots.gate_intervals(gate.figures, gates.settings().noninferiority_margin,
-                                                     gates.settings().decision_alpha),
+    meta["gate_plot"] = picture(plots.gate_intervals(gate.figures, gates.settings().noninferiority_margin),
                                 "each gate's estimate and interval against its threshold")
     if judged.champion is not None:
         meta["champion_vs_challenger_plot"] = picture(plots.class_accuracy(judged.per_group(candidate_model.version)),

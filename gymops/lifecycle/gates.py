@@ -446,6 +446,7 @@ def accuracy_gate(candidate: Mapping, champion: ChampionComparison | None = None
                 f"against {champion.champion_version} on the same {o.n} holdout photos: change {o.difference:+.4f} "
                 f"(challenger alone right on {o.challenger_only}, champion alone on {o.champion_only}); its one-sided "
                 f"95% lower bound {o.ci_low:+.4f} is not above -{t.noninferiority_margin:g} (non-inferiority)"))
+        figures["champion"]["overall"]["passed"] = o.ci_low > -t.noninferiority_margin
         nw = champion.newest
         if nw is not None and nw.p_worse <= t.decision_alpha:
             failures.append(Failure(
@@ -454,6 +455,8 @@ def accuracy_gate(candidate: Mapping, champion: ChampionComparison | None = None
                 f"is significantly worse: right alone on {nw.challenger_only}, the champion alone on "
                 f"{nw.champion_only} (change {nw.difference:+.4f}; exact one-sided p = {nw.p_worse:.4f} <= "
                 f"{t.decision_alpha:g})"))
+        if nw is not None:
+            figures["champion"]["newest"]["passed"] = nw.p_worse > t.decision_alpha
     return _result(gate, figures, failures)
 
 

@@ -13,9 +13,9 @@ its run saw still count toward the next one.
   min_corrections corrections to learn from, since a retrain on the first dozen corrections of a
   new defect kind barely learns it (bench/loop's probe: 9 examples moved a kind's recall from 0.52
   to 0.60) and resets the count it would need to learn it properly. At 40% missed the floor comes
-  within a few hundred tasks. The test restarts after each "as promised" crossing (repeated SPRT, CUSUM-like),
-  so a model that was fine for a month and then meets a new defect kind is still caught within a
-  few dozen verdicts, not diluted by the good month.
+  within a few hundred tasks. The test restarts after each "as promised" crossing (repeated SPRT,
+  CUSUM-like), so a model that was fine for a month and then meets a new defect kind is still
+  caught within a few dozen verdicts, not diluted by the good month.
 """
 from __future__ import annotations
 

@@ -77,12 +77,11 @@ def confusion_matrix(confusion, title: str = "confusion matrix") -> bytes:
     return _png(fig)
 
 
-def gate_intervals(figures: Mapping, noninferiority_margin: float | None = None, alpha: float = 0.05) -> bytes:
+def gate_intervals(figures: Mapping, noninferiority_margin: float | None = None) -> bytes:
     """Each threshold check (figures with "estimate", "ci_low", "ci_high", "threshold",
     "pass_mark", "n"): the estimate and its interval against the threshold (a red tick) and the
     pass mark as a share (a grey tick); below, champion against challenger: the paired difference
-    and its interval against -margin (overall) and the exact one-sided p of "worse" against alpha
-    (newest photos)."""
+    and its interval against -margin, green or red as the gate decided (each part's "passed")."""
     checks = [(name, f) for name, f in figures.items() if isinstance(f, Mapping) and "pass_mark" in f]
     champion = figures.get("champion") if isinstance(figures.get("champion"), Mapping) else None
     parts = [(part, champion[part]) for part in ("overall", "newest") if champion and champion.get(part)]
@@ -108,7 +107,7 @@ def gate_intervals(figures: Mapping, noninferiority_margin: float | None = None,
         bx = axes[1][0]
         for i, (part, c) in enumerate(parts):
             y = len(parts) - 1 - i
-            ok = c["ci_low"] > -(noninferiority_margin or 0) if part == "overall" else c.get("p_worse", 1.0) > alpha
+            ok = c.get("passed", True)
             bx.errorbar(c["difference"], y, xerr=[[c["difference"] - c["ci_low"]], [c["ci_high"] - c["difference"]]],
                         fmt="o", color="tab:green" if ok else "tab:red", capsize=4)
             worse = f", p(worse) {c['p_worse']:.3f}" if part == "newest" and "p_worse" in c else ""

@@ -254,6 +254,13 @@ def _hole(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator, backgrou
     patch += (table - patch) * inside[..., None]
 
 
+def _dots(draw: ImageDraw.ImageDraw, centres: np.ndarray, radii: np.ndarray) -> None:
+    """Filled dots at (y, x) ``centres`` with ``radii`` (px of the photo) on a canvas drawn at twice
+    the photo's size (box-downsampled afterwards: anti-aliased sub-pixel dots)."""
+    for (py, px), pr in zip(centres * 2, radii * 2):
+        draw.ellipse((px - pr, py - pr, px + pr, py + pr), fill=255)
+
+
 def _mould(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator, background: np.ndarray) -> None:
     """Mildew: a few clusters of tiny speckles, dense at their centre and sparse outside, over a
     faint damp halo. Dark grey-green on light cloth, a pale grey bloom on dark cloth. Grainy where a
@@ -264,9 +271,7 @@ def _mould(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator, backgro
     for _ in range(int(rng.integers(2, 5))):
         ccy, ccx = np.array([cy, cx]) + rng.normal(0, 6, 2)
         n = int(rng.integers(12, 32))
-        pts = rng.normal(0, rng.uniform(2.5, 5.5), (n, 2)) + (ccy, ccx)
-        for (py, px), pr in zip(pts * 2, rng.uniform(0.5, 1.3, n) * 2):
-            draw.ellipse((px - pr, py - pr, px + pr, py + pr), fill=255)
+        _dots(draw, rng.normal(0, rng.uniform(2.5, 5.5), (n, 2)) + (ccy, ccx), rng.uniform(0.5, 1.3, n))
     speckle = np.asarray(dots.resize((SIZE, SIZE), Image.BOX), np.float32) / 255
     halo = np.asarray(dots.resize((SIZE, SIZE), Image.BOX).filter(ImageFilter.GaussianBlur(3)), np.float32) / 255
     speckle, halo = speckle * alpha, np.clip(halo * 2.5, 0, 1) * alpha
@@ -286,9 +291,7 @@ def _pilling(img: np.ndarray, alpha: np.ndarray, rng: np.random.Generator, backg
     draw = ImageDraw.Draw(dots)
     cy, cx = _on_garment(rng, alpha, 8)
     n = int(rng.integers(60, 120))
-    pts = rng.normal(0, rng.uniform(14, 26), (n, 2)) + (cy, cx)
-    for (py, px), pr in zip(pts * 2, rng.uniform(0.7, 1.4, n) * 2):
-        draw.ellipse((px - pr, py - pr, px + pr, py + pr), fill=255)
+    _dots(draw, rng.normal(0, rng.uniform(14, 26), (n, 2)) + (cy, cx), rng.uniform(0.7, 1.4, n))
     balls = np.asarray(dots.resize((SIZE, SIZE), Image.BOX), np.float32) / 255 * alpha
     target = (1 - (1 - img) * 0.55) if _under(img, alpha).mean() < 0.6 else img * 0.6
     img += (target - img) * (balls * rng.uniform(0.5, 0.8))[..., None]
